@@ -1,0 +1,22 @@
+"""kvmffi: a userspace-VMM test harness for KVM guest_memfd and private memory."""
+
+from .errors import KvmError, VmDeadError, errno_of
+from .exits import (Exit, FailEntryExit, HltExit, HypercallExit, InternalErrorExit, IntrExit, IoExit,
+                    MemoryFaultExit, MmioExit, OtherExit, ShutdownExit, SystemEventExit)
+from .guest_memfd import GuestMemfd
+from .memory import HostMemory
+from .system import Kvm
+from .uapi import (PAGE_SIZE, Cap, ExitReason, GuestMemfdFlag, HypercallNr, IoDirection, MapGpaAttr,
+                   MemoryAttribute, MemoryFaultFlag, MemslotFlag, VmType)
+from .vcpu import DTable, Regs, Segment, Sregs, Vcpu
+from .vm import Memslot, Vm
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cap", "DTable", "Exit", "ExitReason", "FailEntryExit", "GuestMemfd", "GuestMemfdFlag", "HltExit",
+    "HostMemory", "HypercallExit", "HypercallNr", "InternalErrorExit", "IntrExit", "IoDirection", "IoExit",
+    "Kvm", "KvmError", "MapGpaAttr", "MemoryAttribute", "MemoryFaultExit", "MemoryFaultFlag", "Memslot",
+    "MemslotFlag", "MmioExit", "OtherExit", "PAGE_SIZE", "Regs", "Segment", "ShutdownExit", "Sregs",
+    "SystemEventExit", "Vcpu", "Vm", "VmDeadError", "VmType", "errno_of",
+]

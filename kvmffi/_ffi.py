@@ -1,0 +1,372 @@
+"""The raw layer: the only module that touches cffi.
+
+Struct declarations are written from the KVM uAPI facts (include/uapi/linux/kvm.h),
+not from the distro's headers, so the bindings work on a userspace whose headers are
+older than the running kernel. ioctl numbers are computed with the ``_IOC`` encoding
+from the declared struct sizes. Nothing outside this module sees cdata: the helpers
+below return ints, bytes and addresses.
+"""
+
+from __future__ import annotations
+
+import mmap as _mmap
+import os
+from typing import Any
+
+import cffi
+
+ffi = cffi.FFI()
+
+ffi.cdef(
+    r"""
+    /* --- memory regions ------------------------------------------------ */
+    struct kvm_userspace_memory_region {          /* 32 bytes */
+        uint32_t slot;
+        uint32_t flags;
+        uint64_t guest_phys_addr;
+        uint64_t memory_size;
+        uint64_t userspace_addr;
+    };
+
+    struct kvm_userspace_memory_region2 {         /* 160 bytes */
+        uint32_t slot;
+        uint32_t flags;
+        uint64_t guest_phys_addr;
+        uint64_t memory_size;
+        uint64_t userspace_addr;
+        uint64_t guest_memfd_offset;
+        uint32_t guest_memfd;
+        uint32_t pad1;
+        uint64_t pad2[14];
+    };
+
+    struct kvm_create_guest_memfd {               /* 64 bytes */
+        uint64_t size;
+        uint64_t flags;
+        uint64_t reserved[6];
+    };
+
+    struct kvm_memory_attributes {                /* 32 bytes */
+        uint64_t address;
+        uint64_t size;
+        uint64_t attributes;
+        uint64_t flags;
+    };
+
+    struct kvm_pre_fault_memory {                 /* 64 bytes */
+        uint64_t gpa;
+        uint64_t size;
+        uint64_t flags;
+        uint64_t padding[5];
+    };
+
+    struct kvm_enable_cap {                       /* 104 bytes */
+        uint32_t cap;
+        uint32_t flags;
+        uint64_t args[4];
+        uint8_t  pad[64];
+    };
+
+    /* --- registers (x86) ----------------------------------------------- */
+    struct kvm_regs {                             /* 144 bytes */
+        uint64_t rax, rbx, rcx, rdx;
+        uint64_t rsi, rdi, rsp, rbp;
+        uint64_t r8,  r9,  r10, r11;
+        uint64_t r12, r13, r14, r15;
+        uint64_t rip, rflags;
+    };
+
+    struct kvm_segment {                          /* 24 bytes */
+        uint64_t base;
+        uint32_t limit;
+        uint16_t selector;
+        uint8_t  type;
+        uint8_t  present, dpl, db, s, l, g, avl;
+        uint8_t  unusable;
+        uint8_t  padding;
+    };
+
+    struct kvm_dtable {                           /* 16 bytes */
+        uint64_t base;
+        uint16_t limit;
+        uint16_t padding[3];
+    };
+
+    struct kvm_sregs {                            /* 312 bytes */
+        struct kvm_segment cs, ds, es, fs, gs, ss;
+        struct kvm_segment tr, ldt;
+        struct kvm_dtable gdt, idt;
+        uint64_t cr0, cr2, cr3, cr4, cr8;
+        uint64_t efer;
+        uint64_t apic_base;
+        uint64_t interrupt_bitmap[4];
+    };
+
+    /* --- struct kvm_run: the exits this project decodes ------------------ */
+    struct kvm_run_io {
+        uint8_t  direction;
+        uint8_t  size;
+        uint16_t port;
+        uint32_t count;
+        uint64_t data_offset;
+    };
+
+    struct kvm_run_mmio {
+        uint64_t phys_addr;
+        uint8_t  data[8];
+        uint32_t len;
+        uint8_t  is_write;
+    };
+
+    struct kvm_run_hypercall {
+        uint64_t nr;
+        uint64_t args[6];
+        uint64_t ret;
+        uint64_t flags;         /* union with the older u32 longmode */
+    };
+
+    struct kvm_run_internal {
+        uint32_t suberror;
+        uint32_t ndata;
+        uint64_t data[16];
+    };
+
+    struct kvm_run_fail_entry {
+        uint64_t hardware_entry_failure_reason;
+        uint32_t cpu;
+    };
+
+    struct kvm_run_system_event {
+        uint32_t type;
+        uint32_t ndata;
+        uint64_t data[16];      /* data[0] is the older 'flags' */
+    };
+
+    struct kvm_run_memory_fault {
+        uint64_t flags;
+        uint64_t gpa;
+        uint64_t size;
+    };
+
+    struct kvm_run_ex {
+        uint32_t exception;
+        uint32_t error_code;
+    };
+
+    struct kvm_run {
+        uint8_t  request_interrupt_window;
+        uint8_t  immediate_exit;
+        uint8_t  padding1[6];
+        uint32_t exit_reason;
+        uint8_t  ready_for_interrupt_injection;
+        uint8_t  if_flag;
+        uint16_t flags;
+        uint64_t cr8;
+        uint64_t apic_base;
+        union {
+            uint64_t hardware_exit_reason;
+            struct kvm_run_fail_entry fail_entry;
+            struct kvm_run_ex ex;
+            struct kvm_run_io io;
+            struct kvm_run_mmio mmio;
+            struct kvm_run_hypercall hypercall;
+            struct kvm_run_internal internal;
+            struct kvm_run_system_event system_event;
+            struct kvm_run_memory_fault memory_fault;
+            char padding[256];
+        };
+        uint64_t kvm_valid_regs;
+        uint64_t kvm_dirty_regs;
+        char s[2048];
+    };
+
+    /* --- libc ------------------------------------------------------------ */
+    int ioctl(int fd, unsigned long request, ...);
+    int fallocate(int fd, int mode, int64_t offset, int64_t len);
+    long syscall(long number, ...);
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset);
+    int munmap(void *addr, size_t length);
+    """
+)
+
+_libc = ffi.dlopen(None)
+
+# ---------------------------------------------------------------------------
+# ioctl encoding (asm-generic/ioctl.h): dir:2 size:14 type:8 nr:8
+# ---------------------------------------------------------------------------
+_IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
+KVMIO = 0xAE
+
+
+def _IOC(direction: int, type_: int, nr: int, size: int) -> int:
+    assert 0 <= size < (1 << 14), size
+    return (direction << 30) | (size << 16) | (type_ << 8) | nr
+
+
+def _IO(nr: int) -> int:
+    return _IOC(_IOC_NONE, KVMIO, nr, 0)
+
+
+def _IOR(nr: int, struct: str) -> int:
+    return _IOC(_IOC_READ, KVMIO, nr, ffi.sizeof(struct))
+
+
+def _IOW(nr: int, struct: str) -> int:
+    return _IOC(_IOC_WRITE, KVMIO, nr, ffi.sizeof(struct))
+
+
+def _IOWR(nr: int, struct: str) -> int:
+    return _IOC(_IOC_READ | _IOC_WRITE, KVMIO, nr, ffi.sizeof(struct))
+
+
+# Every ioctl this project issues, grouped by the fd it applies to.
+# system (/dev/kvm) ioctls
+KVM_GET_API_VERSION = _IO(0x00)
+KVM_CREATE_VM = _IO(0x01)  # arg: VM type
+KVM_CHECK_EXTENSION = _IO(0x03)  # also a VM ioctl with KVM_CAP_CHECK_EXTENSION_VM
+KVM_GET_VCPU_MMAP_SIZE = _IO(0x04)
+# VM ioctls
+KVM_CREATE_VCPU = _IO(0x41)
+KVM_SET_USER_MEMORY_REGION = _IOW(0x46, "struct kvm_userspace_memory_region")
+KVM_SET_USER_MEMORY_REGION2 = _IOW(0x49, "struct kvm_userspace_memory_region2")  # KVM_CAP_USER_MEMORY2
+KVM_ENABLE_CAP = _IOW(0xA3, "struct kvm_enable_cap")
+KVM_SET_MEMORY_ATTRIBUTES = _IOW(0xD2, "struct kvm_memory_attributes")  # KVM_CAP_MEMORY_ATTRIBUTES
+KVM_CREATE_GUEST_MEMFD = _IOWR(0xD4, "struct kvm_create_guest_memfd")  # KVM_CAP_GUEST_MEMFD
+# vCPU ioctls
+KVM_RUN = _IO(0x80)
+KVM_GET_REGS = _IOR(0x81, "struct kvm_regs")
+KVM_SET_REGS = _IOW(0x82, "struct kvm_regs")
+KVM_GET_SREGS = _IOR(0x83, "struct kvm_sregs")
+KVM_SET_SREGS = _IOW(0x84, "struct kvm_sregs")
+KVM_PRE_FAULT_MEMORY = _IOWR(0xD5, "struct kvm_pre_fault_memory")  # KVM_CAP_PRE_FAULT_MEMORY
+
+IOCTL_NAMES = {v: k for k, v in dict(globals()).items() if k.startswith("KVM_") and isinstance(v, int) and k != "KVMIO"}
+
+_ulong = ffi.typeof("unsigned long")
+_ioctl = _libc.ioctl
+_cast = ffi.cast
+
+
+# ---------------------------------------------------------------------------
+# Calls. Each returns (result, errno) and never raises: the object layer turns
+# failures into KvmError with the ioctl's name and arguments.
+# ---------------------------------------------------------------------------
+def ioctl_int(fd: int, request: int, arg: int = 0) -> tuple[int, int]:
+    ret = _ioctl(fd, request, _cast(_ulong, arg))
+    return ret, (ffi.errno if ret < 0 else 0)
+
+
+def ioctl_ptr(fd: int, request: int, ptr: Any) -> tuple[int, int]:
+    ret = _ioctl(fd, request, ptr)
+    return ret, (ffi.errno if ret < 0 else 0)
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> int:
+    """fallocate(2); returns 0 or the errno (offset and length may be any int64)."""
+    ret = _libc.fallocate(fd, mode, offset, length)
+    return ffi.errno if ret < 0 else 0
+
+
+def syscall_nodemask(nr: int, addr: int, length: int, mode: int, nodemask: int, flags: int) -> int:
+    """mbind(2) through syscall(2); returns 0 or the errno."""
+    mask = ffi.new("unsigned long[16]")
+    for i in range(16):
+        mask[i] = (nodemask >> (64 * i)) & 0xFFFFFFFFFFFFFFFF
+    ul = ffi.typeof("unsigned long")
+    ret = _libc.syscall(ffi.cast("long", nr), ffi.cast(ul, addr), ffi.cast(ul, length), ffi.cast(ul, mode),
+                        mask, ffi.cast(ul, 1024), ffi.cast(ul, flags))
+    return ffi.errno if ret < 0 else 0
+
+
+def get_mempolicy(nr: int, addr: int, flags: int) -> tuple[int, int]:
+    mode = ffi.new("int *")
+    mask = ffi.new("unsigned long[16]")
+    ul = ffi.typeof("unsigned long")
+    ret = _libc.syscall(ffi.cast("long", nr), mode, mask, ffi.cast(ul, 1024), ffi.cast(ul, addr), ffi.cast(ul, flags))
+    if ret < 0:
+        raise OSError(ffi.errno, "get_mempolicy failed")
+    return mode[0], sum(mask[i] << (64 * i) for i in range(16))
+
+
+def move_pages_query(nr: int, addr: int, npages: int) -> list[int]:
+    pages = ffi.new("void *[]", [ffi.cast("void *", addr + i * 4096) for i in range(npages)])
+    status = ffi.new("int[]", npages)
+    ret = _libc.syscall(ffi.cast("long", nr), ffi.cast("int", 0), ffi.cast("unsigned long", npages), pages,
+                        ffi.NULL, status, ffi.cast("int", 0))
+    if ret < 0:
+        raise OSError(ffi.errno, "move_pages failed")
+    return list(status)
+
+
+def raw_mmap(length: int, prot: int, flags: int, fd: int, offset: int) -> tuple[int, Any]:
+    """mmap(2) without Python's file-size check; returns (address, writable buffer)."""
+    p = _libc.mmap(ffi.NULL, length, prot, flags, fd, offset)
+    addr = int(ffi.cast("uintptr_t", p))
+    if addr == (1 << 64) - 1:
+        raise OSError(ffi.errno, os.strerror(ffi.errno))
+    return addr, ffi.buffer(ffi.cast("char *", p), length)
+
+
+def raw_munmap(addr: int, length: int) -> None:
+    if _libc.munmap(ffi.cast("void *", addr), length) < 0:
+        raise OSError(ffi.errno, os.strerror(ffi.errno))
+
+
+def new(struct: str, **fields: Any) -> Any:
+    """Allocate a zeroed struct and fill the given fields (private to the package)."""
+    p = ffi.new(struct + " *")
+    for k, v in fields.items():
+        try:
+            setattr(p, k, v)
+        except OverflowError:
+            # Negative tests pass any bit pattern: store it truncated to the field's width.
+            width = ffi.sizeof(dict(ffi.typeof(struct).fields)[k].type) * 8
+            setattr(p, k, v & ((1 << width) - 1))
+    return p
+
+
+def sizeof(struct: str) -> int:
+    return ffi.sizeof(struct)
+
+
+def offsetof(struct: str, *fields: str) -> int:
+    return ffi.offsetof(struct, *fields)
+
+
+def buffer_address(buf: Any) -> int:
+    """Address of a writable Python buffer (e.g. an mmap.mmap) as an int."""
+    p = ffi.from_buffer(buf)
+    try:
+        return int(ffi.cast("uintptr_t", p))
+    finally:
+        ffi.release(p)
+
+
+def struct_to_dict(p: Any, fields: tuple[str, ...]) -> dict[str, int]:
+    return {f: getattr(p, f) for f in fields}
+
+
+def struct_bytes(p: Any) -> bytes:
+    return bytes(ffi.buffer(p))
+
+
+class RunView:
+    """A live view of a vCPU's mmap'ed struct kvm_run (private to the package)."""
+
+    __slots__ = ("mm", "run", "_keep")
+
+    def __init__(self, mm: _mmap.mmap) -> None:
+        self.mm = mm
+        self.run = ffi.from_buffer("struct kvm_run *", mm)
+
+    def close(self) -> None:
+        if self.run is not None:
+            ffi.release(self.run)
+            self.run = None
+            self.mm.close()
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.mm[offset : offset + length]
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.mm[offset : offset + len(data)] = data

@@ -1,0 +1,157 @@
+"""Capability snapshot of this host: what KVM offers, per VM type, plus host facts."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import KvmError
+from .system import Kvm
+from .uapi import Cap, GuestMemfdFlag, MemoryAttribute, VmType
+
+VENDOR_MODULES = ("kvm_intel", "kvm_amd", "kvm_pvm")
+
+
+@dataclass
+class VmTypeCaps:
+    """Answers of KVM_CHECK_EXTENSION asked on a VM of one type."""
+
+    vm_type: str
+    value: int
+    creatable: bool
+    error: str = ""
+    guest_memfd: int = 0
+    guest_memfd_flags: int = 0
+    memory_attributes: int = 0
+    pre_fault_memory: int = 0
+    user_memory2: int = 0
+
+    @property
+    def guest_memfd_flag_names(self) -> str:
+        return str(GuestMemfdFlag(self.guest_memfd_flags))
+
+    @property
+    def memory_attribute_names(self) -> str:
+        return str(MemoryAttribute(self.memory_attributes))
+
+
+@dataclass
+class HostCaps:
+    kernel: str
+    machine: str
+    kvm_path: str
+    kvm_accessible: bool
+    error: str = ""
+    vendor_module: str = ""
+    nested: str = ""
+    tdp_mmu: str = ""
+    api_version: int = 0
+    vm_types_mask: int = 0
+    system: dict[str, int] = field(default_factory=dict)
+    per_vm_type: list[VmTypeCaps] = field(default_factory=list)
+    probes: dict[str, Any] = field(default_factory=dict)
+
+    def vm_type(self, t: VmType | int) -> VmTypeCaps | None:
+        for v in self.per_vm_type:
+            if v.value == int(t):
+                return v
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for v in d["per_vm_type"]:
+            v["guest_memfd_flag_names"] = str(GuestMemfdFlag(v["guest_memfd_flags"]))
+            v["memory_attribute_names"] = str(MemoryAttribute(v["memory_attributes"]))
+        return d
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def vendor_module() -> str:
+    for m in VENDOR_MODULES:
+        if os.path.isdir(f"/sys/module/{m}"):
+            return m
+    return ""
+
+
+SYSTEM_CAPS = (Cap.USER_MEMORY2, Cap.MEMORY_FAULT_INFO, Cap.MEMORY_ATTRIBUTES, Cap.GUEST_MEMFD, Cap.VM_TYPES,
+               Cap.PRE_FAULT_MEMORY, Cap.GUEST_MEMFD_FLAGS, Cap.EXIT_HYPERCALL, Cap.NR_MEMSLOTS,
+               Cap.READONLY_MEM, Cap.MAX_VCPUS, Cap.GUEST_MEMFD_MEMORY_ATTRIBUTES)
+
+
+def snapshot(path: str = "/dev/kvm", probes: bool = False) -> HostCaps:
+    """Ask the kernel. Never raises for a missing /dev/kvm: the snapshot says why."""
+    mod = vendor_module()
+    h = HostCaps(kernel=platform.release(), machine=platform.machine(), kvm_path=path, kvm_accessible=False,
+                 vendor_module=mod,
+                 nested=_read(f"/sys/module/{mod}/parameters/nested") if mod else "",
+                 tdp_mmu=_read("/sys/module/kvm/parameters/tdp_mmu"))
+    try:
+        kvm = Kvm(path)
+    except OSError as e:
+        h.error = str(e.strerror or e)
+        return h
+    with kvm:
+        h.kvm_accessible = True
+        h.api_version = kvm.api_version
+        for c in SYSTEM_CAPS:
+            h.system[c.name] = kvm.check_extension(c)
+        h.vm_types_mask = h.system["VM_TYPES"]
+        mask = h.vm_types_mask or 1
+        for t in VmType:
+            if not mask & (1 << t.value):
+                continue
+            vc = VmTypeCaps(t.name, t.value, False)
+            try:
+                with kvm.create_vm(t) as vm:
+                    vc.creatable = True
+                    vc.guest_memfd = vm.check_extension(Cap.GUEST_MEMFD)
+                    vc.guest_memfd_flags = vm.check_extension(Cap.GUEST_MEMFD_FLAGS)
+                    vc.memory_attributes = vm.check_extension(Cap.MEMORY_ATTRIBUTES)
+                    vc.pre_fault_memory = vm.check_extension(Cap.PRE_FAULT_MEMORY)
+                    vc.user_memory2 = vm.check_extension(Cap.USER_MEMORY2)
+            except KvmError as e:
+                vc.error = str(e)
+            h.per_vm_type.append(vc)
+        if probes:
+            from .probes import run_probes
+            h.probes = run_probes(kvm)
+    return h
+
+
+def format_table(h: HostCaps) -> str:
+    lines = [f"kernel          {h.kernel} ({h.machine})",
+             f"/dev/kvm        {'ok' if h.kvm_accessible else 'NOT usable: ' + h.error}",
+             f"vendor module   {h.vendor_module or '(none found)'}"
+             + (f"  nested={h.nested}" if h.nested else "") + (f"  tdp_mmu={h.tdp_mmu}" if h.tdp_mmu else "")]
+    if not h.kvm_accessible:
+        return "\n".join(lines)
+    vt = [v.vm_type for v in h.per_vm_type]
+    lines += [f"api version     {h.api_version}",
+              f"VM types        {h.vm_types_mask:#x} ({', '.join(vt)})",
+              "",
+              "system capabilities (KVM_CHECK_EXTENSION on /dev/kvm):"]
+    for name, val in h.system.items():
+        shown = hex(val) if name in ("EXIT_HYPERCALL", "VM_TYPES", "GUEST_MEMFD_FLAGS", "MEMORY_ATTRIBUTES") else str(val)
+        lines.append(f"  KVM_CAP_{name:<30} {shown}")
+    lines += ["", "per VM type (KVM_CHECK_EXTENSION on a VM fd):",
+              f"  {'type':<14} {'GUEST_MEMFD':>11}  {'GUEST_MEMFD_FLAGS':<22} {'MEMORY_ATTRIBUTES':<20} PRE_FAULT"]
+    for v in h.per_vm_type:
+        if not v.creatable:
+            lines.append(f"  {v.vm_type:<14} cannot create: {v.error}")
+            continue
+        lines.append(f"  {v.vm_type:<14} {v.guest_memfd:>11}  {v.guest_memfd_flag_names:<22} "
+                     f"{v.memory_attribute_names:<20} {v.pre_fault_memory}")
+    if h.probes:
+        lines += ["", "probes:"]
+        for k, val in h.probes.items():
+            lines.append(f"  {k:<32} {val}")
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""KvmError: every failing ioctl raises it, naming the ioctl and its arguments."""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+from collections.abc import Callable
+from typing import Any
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v)
+    if hasattr(v, "fileno") and callable(v.fileno):
+        try:
+            return str(v.fileno())
+        except Exception:
+            return repr(v)
+    if isinstance(v, int) and not hasattr(v, "name") and type(v) is int:
+        return hex(v) if v >= 10 or v < 0 else str(v)
+    return str(v)
+
+
+class KvmError(OSError):
+    """A KVM ioctl failed. ``.errno`` is the kernel's errno, ``.ioctl`` the ioctl's name."""
+
+    def __init__(self, ioctl: str, err: int, args: dict[str, Any] | None = None, hint: str = "") -> None:
+        super().__init__(err, os.strerror(err))
+        self.ioctl = ioctl
+        self.ioctl_args = dict(args or {})
+        self.hint = hint
+
+    def __str__(self) -> str:
+        s = f"{self.ioctl} failed: [Errno {self.errno}] {self.strerror}"
+        if self.ioctl_args:
+            s += " (" + " ".join(f"{k}={_fmt(v)}" for k, v in self.ioctl_args.items()) + ")"
+        if self.hint:
+            s += f": {self.hint}"
+        return s
+
+    @property
+    def errno_name(self) -> str:
+        return _errno.errorcode.get(self.errno or 0, str(self.errno))
+
+
+class VmDeadError(KvmError):
+    """KVM killed the VM (EIO, and the VM no longer answers)."""
+
+
+def errno_of(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> int:
+    """Call ``fn`` and return 0 on success or the errno of the OSError it raised.
+
+    The raw tier for negative tests that loop over many bad inputs: whatever
+    ``fn`` returns is closed if it has a ``close`` method, so a call that was
+    expected to fail but succeeded leaks nothing.
+    """
+    try:
+        res = fn(*args, **kwargs)
+    except OSError as e:
+        return e.errno or 0
+    close = getattr(res, "close", None)
+    if callable(close):
+        close()
+    return 0
+
+
+def errno_name(err: int) -> str:
+    return "0 (success)" if err == 0 else _errno.errorcode.get(err, str(err))

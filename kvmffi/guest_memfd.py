@@ -1,0 +1,75 @@
+"""GuestMemfd: a guest_memfd file (KVM_CREATE_GUEST_MEMFD) with its own lifetime."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from typing import TYPE_CHECKING
+
+from . import _ffi
+from ._fd import FdOwner
+from .errors import KvmError
+from .memory import HostMemory, RawMapping
+from .uapi import GuestMemfdFlag
+
+if TYPE_CHECKING:
+    from .vm import Vm
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+class GuestMemfd(FdOwner):
+    """A guest_memfd. The kernel lets it outlive the VM that created it (it pins the VM).
+
+    Create with :meth:`kvmffi.Vm.create_guest_memfd`.
+    """
+
+    def __init__(self, fd: int, size: int, flags: int, vm: Vm | None = None) -> None:
+        super().__init__(fd)
+        self.size = size
+        self.flags = GuestMemfdFlag(flags)
+        self.vm_type = vm.type if vm is not None else None
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"fd={self._fd}"
+        return f"<GuestMemfd {state} size={self.size:#x} flags={self.flags}>"
+
+    def fallocate(self, mode: int, offset: int, length: int) -> None:
+        """fallocate(2) on the fd; raises KvmError naming the call and its arguments."""
+        err = _ffi.fallocate(self.fileno(), mode, offset, length)
+        if err:
+            raise KvmError("fallocate", err, {"gmem": self, "mode": mode, "offset": offset, "len": length})
+
+    def allocate(self, offset: int, length: int) -> None:
+        """Allocate backing for [offset, offset+length) (FALLOC_FL_KEEP_SIZE; guest_memfd refuses mode 0)."""
+        self.fallocate(FALLOC_FL_KEEP_SIZE, offset, length)
+
+    def punch_hole(self, offset: int, length: int) -> None:
+        """Free the backing of [offset, offset+length) (FALLOC_FL_PUNCH_HOLE|KEEP_SIZE)."""
+        self.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+
+    def stat(self) -> os.stat_result:
+        return os.fstat(self.fileno())
+
+    def mmap(self, length: int | None = None, offset: int = 0, *, shared: bool = True,
+             prot: int = mmap.PROT_READ | mmap.PROT_WRITE) -> HostMemory | RawMapping:
+        """Map the file (needs GUEST_MEMFD_FLAG_MMAP). Returns a writable buffer with ``.addr``.
+
+        ``shared=False`` asks for MAP_PRIVATE, which guest_memfd refuses (no copy-on-write).
+        A mapping that reaches past the end of the file is a :class:`RawMapping` (accesses
+        past EOF raise SIGBUS: do them in a child process).
+        """
+        length = self.size - offset if length is None else length
+        flags = mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE
+        try:
+            if offset + length > self.size:
+                return RawMapping(self.fileno(), length, flags, prot, offset)
+            return HostMemory(self.fileno(), length, flags=flags, prot=prot, offset=offset)
+        except OSError as e:
+            hint = ""
+            if not (self.flags & GuestMemfdFlag.MMAP):
+                hint = "this guest_memfd was created without GUEST_MEMFD_FLAG_MMAP"
+            raise KvmError("mmap", e.errno or 0, {"gmem": self, "length": length, "offset": offset,
+                                                   "flags": "MAP_SHARED" if shared else "MAP_PRIVATE"},
+                           hint) from None

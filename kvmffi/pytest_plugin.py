@@ -1,0 +1,289 @@
+"""pytest plugin (entry point ``kvmffi``): fixtures, markers, strict mode, report header, leak check.
+
+Markers
+    ``@pytest.mark.requires_cap(Cap.X, min=1, vm=False)``: skip unless KVM_CHECK_EXTENSION(X) >= min,
+    asked on /dev/kvm, or with ``vm=True`` on a VM of the test's ``vm_type``.
+    ``@pytest.mark.vm_types(VmType.A, ...)``: restrict the ``vm_type`` parametrization.
+
+Strict mode (``--kvm-strict``, ini ``kvm_strict = true`` or ``KVMFFI_STRICT=1``) turns every
+capability skip into a failure: use it on hosts that are supposed to have what the suite needs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from . import caps as _caps
+from .guest_memfd import GuestMemfd
+from .hints import missing_cap_reason
+from .system import Kvm
+from .uapi import Cap, GuestMemfdFlag, VmType
+from .vm import Vm
+
+_STATE: dict[str, Any] = {"strict": False, "caps": None, "kvm_path": "/dev/kvm"}
+
+
+def _truthy(v: str | None) -> bool:
+    return (v or "").strip().lower() in ("1", "y", "yes", "true", "on")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("kvmffi", "kvmffi: KVM guest_memfd test harness")
+    g.addoption("--kvm-strict", action="store_true", default=None,
+                help="turn capability skips into failures (also: ini kvm_strict, env KVMFFI_STRICT=1)")
+    g.addoption("--kvm-path", default=None, help="KVM device node (default /dev/kvm; ini kvm_path)")
+    g.addoption("--kvm-no-leak-check", action="store_true", default=False,
+                help="do not fail the session when KVM fds or threads are left open at its end")
+    parser.addini("kvm_strict", "turn capability skips into failures", type="bool", default=False)
+    parser.addini("kvm_path", "KVM device node", default="/dev/kvm")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    opt = config.getoption("--kvm-strict")
+    env = os.environ.get("KVMFFI_STRICT")
+    if opt is not None:
+        strict = bool(opt)
+    elif env is not None:
+        strict = _truthy(env)
+    else:
+        strict = bool(config.getini("kvm_strict"))
+    _STATE["strict"] = strict
+    _STATE["kvm_path"] = config.getoption("--kvm-path") or config.getini("kvm_path") or "/dev/kvm"
+    _STATE["caps"] = None
+    config.addinivalue_line("markers", "requires_cap(cap, min=1, vm=False): skip unless KVM reports the "
+                            "capability (on /dev/kvm, or with vm=True on a VM of the test's vm_type)")
+    config.addinivalue_line("markers", "vm_types(*types): restrict the vm_type parametrization")
+    config.addinivalue_line("markers", "numa: needs two or more NUMA nodes")
+
+
+def host_caps() -> _caps.HostCaps:
+    """The host's capability snapshot (taken once per session)."""
+    if _STATE["caps"] is None:
+        _STATE["caps"] = _caps.snapshot(_STATE["kvm_path"])
+    return _STATE["caps"]  # type: ignore[no-any-return]
+
+
+def strict_mode() -> bool:
+    return bool(_STATE["strict"])
+
+
+def skip_missing(reason: str) -> None:
+    """Skip because the kernel lacks something; a failure in strict mode."""
+    __tracebackhide__ = True
+    if _STATE["strict"]:
+        pytest.fail(f"strict mode: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_cap(cap: Cap, vm: Vm | None = None, min: int = 1) -> int:
+    """Skip (or fail in strict mode) unless ``cap`` >= ``min``; returns the value."""
+    __tracebackhide__ = True
+    if vm is not None:
+        got = vm.check_extension(cap)
+        where = f"a {getattr(vm.type, 'name', vm.type)} VM"
+    else:
+        cached = host_caps().system.get(cap.name)
+        if cached is None:
+            with Kvm(_STATE["kvm_path"]) as kvm:
+                cached = kvm.check_extension(cap)
+        got = cached
+        where = "/dev/kvm"
+    if got < min:
+        skip_missing(missing_cap_reason(cap, got, where, f">= {min}"))
+    return got
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    h = host_caps()
+    lines = [f"kvmffi: kernel {h.kernel}, vendor module {h.vendor_module or 'none'}"
+             + (f", nested={h.nested}" if h.nested else "") + f", strict={'on' if strict_mode() else 'off'}"]
+    if not h.kvm_accessible:
+        lines.append(f"kvmffi: {h.kvm_path} not usable: {h.error}")
+        return lines
+    s = h.system
+    lines.append(f"kvmffi: KVM api {h.api_version}, VM types {h.vm_types_mask:#x}, GUEST_MEMFD={s['GUEST_MEMFD']} "
+                 f"MEMORY_ATTRIBUTES={s['MEMORY_ATTRIBUTES']:#x} PRE_FAULT={s['PRE_FAULT_MEMORY']} "
+                 f"NR_MEMSLOTS={s['NR_MEMSLOTS']}")
+    for v in h.per_vm_type:
+        if v.creatable:
+            lines.append(f"kvmffi: {v.vm_type} VM: guest_memfd flags {v.guest_memfd_flag_names}, "
+                         f"memory attributes {v.memory_attribute_names}")
+    return lines
+
+
+# -- parametrization -----------------------------------------------------------
+
+def _creatable_types(h: _caps.HostCaps) -> list[VmType]:
+    types = [VmType(v.value) for v in h.per_vm_type if v.creatable]
+    return types or [VmType.DEFAULT]
+
+
+def _flag_combos(mask: int) -> list[GuestMemfdFlag]:
+    bits = [1 << b for b in range(64) if mask & (1 << b)]
+    out = []
+    for n in range(len(bits) + 1):
+        for combo in itertools.combinations(bits, n):
+            out.append(GuestMemfdFlag(sum(combo)))
+    return out
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    names = metafunc.fixturenames
+    if "vm_type" not in names:
+        return
+    h = host_caps()
+    types = _creatable_types(h)
+    m = metafunc.definition.get_closest_marker("vm_types")
+    if m is not None:
+        wanted = [VmType(int(t)) for t in m.args]
+        types = [t for t in wanted if t in types] or wanted
+    if "gmem_flags" in names:
+        params = []
+        for t in types:
+            vc = h.vm_type(t)
+            for f in _flag_combos(vc.guest_memfd_flags if vc else 0):
+                params.append(pytest.param(t, f, id=f"{t.name}-{str(f).replace('|', '+') or '0'}"))
+        metafunc.parametrize(("vm_type", "gmem_flags"), params)
+    else:
+        metafunc.parametrize("vm_type", types, ids=[t.name for t in types])
+
+
+# -- fixtures ------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def kvm() -> Iterator[Kvm]:
+    """/dev/kvm, opened once per session; skips (fails in strict mode) if it cannot be opened."""
+    try:
+        k = Kvm(_STATE["kvm_path"])
+    except OSError as e:
+        skip_missing(str(e.strerror or e))
+        raise
+    with k:
+        yield k
+
+
+@pytest.fixture
+def vm_factory(kvm: Kvm) -> Iterator[Callable[..., Vm]]:
+    """``vm_factory(vm_type=DEFAULT)``: VMs closed at teardown, even when the test fails."""
+    made: list[Vm] = []
+
+    def make(vm_type: VmType | int = VmType.DEFAULT) -> Vm:
+        vm = kvm.create_vm(vm_type)
+        made.append(vm)
+        return vm
+
+    yield make
+    for vm in reversed(made):
+        vm.close()
+
+
+@pytest.fixture
+def vm_type() -> VmType:
+    """The VM type under test; tests using it are parametrized over every type this host creates."""
+    return VmType.DEFAULT
+
+
+@pytest.fixture
+def gmem_flags() -> GuestMemfdFlag:
+    """guest_memfd flags under test; parametrized with ``vm_type`` over every advertised combination."""
+    return GuestMemfdFlag(0)
+
+
+@pytest.fixture
+def vm(vm_factory: Callable[..., Vm], vm_type: VmType) -> Vm:
+    """A VM of the test's ``vm_type`` (parametrized over every type this host can create)."""
+    return vm_factory(vm_type)
+
+
+@pytest.fixture
+def gmem_factory() -> Iterator[Callable[..., GuestMemfd]]:
+    """``gmem_factory(vm, size, flags=0)``: guest_memfds closed at teardown."""
+    made: list[GuestMemfd] = []
+
+    def make(vm: Vm, size: int, flags: GuestMemfdFlag | int = 0) -> GuestMemfd:
+        g = vm.create_guest_memfd(size, flags)
+        made.append(g)
+        return g
+
+    yield make
+    for g in made:
+        g.close()
+
+
+@pytest.fixture
+def requires_guest_memfd(vm: Vm) -> None:
+    """Skips unless the test's VM type supports guest_memfd (KVM_CAP_GUEST_MEMFD on the VM fd)."""
+    require_cap(Cap.GUEST_MEMFD, vm)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for m in item.iter_markers("requires_cap"):
+        cap = Cap(m.args[0])
+        need = int(m.kwargs.get("min", 1))
+        if m.kwargs.get("vm"):
+            continue  # checked by the fixture below once the VM exists
+        require_cap(cap, None, need)
+
+
+@pytest.fixture(autouse=True)
+def _kvmffi_vm_caps(request: pytest.FixtureRequest) -> None:
+    marks = [m for m in request.node.iter_markers("requires_cap") if m.kwargs.get("vm")]
+    if not marks:
+        return
+    t = request.getfixturevalue("vm_type") if "vm_type" in request.fixturenames else VmType.DEFAULT
+    with Kvm(_STATE["kvm_path"]) as k, k.create_vm(t) as v:
+        for m in marks:
+            require_cap(Cap(m.args[0]), v, int(m.kwargs.get("min", 1)))
+
+
+# -- leak check ----------------------------------------------------------------
+
+def _kvm_fds() -> dict[int, str]:
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if "kvm" in link:
+            out[int(name)] = link
+    return out
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    import psutil
+    session.config._kvmffi_leak = (set(_kvm_fds()), psutil.Process().num_fds(),  # type: ignore[attr-defined]
+                                   {t.ident for t in threading.enumerate()})
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    cfg = session.config
+    if cfg.getoption("--kvm-no-leak-check") or not hasattr(cfg, "_kvmffi_leak"):
+        return
+    import gc
+
+    import psutil
+    gc.collect()
+    before_fds, before_n, before_threads = cfg._kvmffi_leak  # type: ignore[attr-defined]
+    leaked = {fd: link for fd, link in _kvm_fds().items() if fd not in before_fds}
+    threads = [t for t in threading.enumerate() if t.ident not in before_threads and t.is_alive()]
+    msgs = []
+    if leaked:
+        msgs.append("KVM fds left open at session end: " + ", ".join(f"{fd}->{lnk}" for fd, lnk in sorted(leaked.items())))
+    if threads:
+        msgs.append("threads left running at session end: " + ", ".join(t.name for t in threads))
+    tr = cfg.pluginmanager.get_plugin("terminalreporter")
+    n = psutil.Process().num_fds()
+    if tr is not None:
+        tr.write_line(f"kvmffi leak check: open fds {before_n} at start, {n} at end; "
+                      f"{len(leaked)} KVM fds and {len(threads)} threads leaked")
+        for m in msgs:
+            tr.write_line("kvmffi: " + m, red=True)
+    if msgs and session.exitstatus == 0:
+        session.exitstatus = 1

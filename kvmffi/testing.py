@@ -1,0 +1,85 @@
+"""Helpers for tests written with kvmffi: errno expectations, child-process accesses."""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import errno_name, errno_of
+
+
+def expect_errno(expected: int, what: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+    """Assert ``fn(*args)`` fails with ``expected`` (0 = succeeds); ``what`` describes the call.
+
+    The failure reads like the selftests': "<what> should fail with EINVAL, got 0 (success)".
+    """
+    __tracebackhide__ = True
+    got = errno_of(fn, *args, **kwargs)
+    if got != expected:
+        want = "succeed" if expected == 0 else f"fail with {errno_name(expected)}"
+        raise AssertionError(f"{what} should {want}, got {errno_name(got)}")
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    """How a child process ended: ``signal`` (e.g. SIGBUS) or ``exitcode``."""
+
+    signal: int | None
+    exitcode: int | None
+
+    def __str__(self) -> str:
+        if self.signal is not None:
+            return f"killed by {signal.Signals(self.signal).name}"
+        return f"exited with {self.exitcode}"
+
+
+def run_in_child(fn: Callable[[], Any], timeout: float = 30.0) -> ChildResult:
+    """Run ``fn`` in a forked child; report how it ended. For accesses expected to SIGBUS.
+
+    The child exits 0 when ``fn`` returns, 1 when it raises. Memory mapped before
+    the fork is shared with the child (MAP_SHARED), so the child sees the same pages.
+    """
+    pid = os.fork()
+    if pid == 0:  # child: never return into the test runner
+        code = 0
+        try:
+            signal.signal(signal.SIGBUS, signal.SIG_DFL)
+            signal.signal(signal.SIGSEGV, signal.SIG_DFL)
+            fn()
+        except BaseException:
+            code = 1
+        os._exit(code)
+    deadline_ok = True
+    import time
+    end = time.monotonic() + timeout
+    while True:
+        wpid, status = os.waitpid(pid, os.WNOHANG)
+        if wpid:
+            break
+        if time.monotonic() > end:
+            deadline_ok = False
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+            break
+        time.sleep(0.002)
+    if not deadline_ok:
+        raise TimeoutError(f"child process did not finish within {timeout} s")
+    if os.WIFSIGNALED(status):
+        return ChildResult(os.WTERMSIG(status), None)
+    return ChildResult(None, os.WEXITSTATUS(status))
+
+
+def touch(buf: Any, offset: int, write: bool = False) -> None:
+    """Read (or write) one byte of a mapping: the access a child performs."""
+    if write:
+        buf[offset] = 0x5A
+    else:
+        _ = buf[offset]
+
+
+__all__ = ["ChildResult", "expect_errno", "run_in_child", "touch", "errno_of", "errno_name"]
+_ = _errno

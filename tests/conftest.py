@@ -1,0 +1,1 @@
+"""Shared test configuration; the fixtures themselves come from the kvmffi pytest plugin."""

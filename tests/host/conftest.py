@@ -1,0 +1,11 @@
+"""Host tier: tests that run against this machine's real /dev/kvm."""
+
+import pytest
+
+from kvmffi import Cap
+from kvmffi.pytest_plugin import require_cap
+
+
+@pytest.fixture(autouse=True)
+def _needs_guest_memfd_on_host(kvm) -> None:  # noqa: ANN001
+    require_cap(Cap.GUEST_MEMFD)

@@ -1,0 +1,158 @@
+"""mmap of a guest_memfd (CHECKLIST 18-25). Accesses expected to SIGBUS run in a child process."""
+
+import errno
+import mmap
+import os
+import signal
+
+import pytest
+
+from kvmffi import PAGE_SIZE, Cap, GuestMemfdFlag, KvmError
+from kvmffi.pytest_plugin import skip_missing
+from kvmffi.testing import run_in_child, touch
+
+SIZE = 4 * PAGE_SIZE
+MMAP = GuestMemfdFlag.MMAP
+SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED
+
+
+def need_flags(vm, flags: GuestMemfdFlag) -> None:  # noqa: ANN001
+    __tracebackhide__ = True
+    have = GuestMemfdFlag(vm.check_extension(Cap.GUEST_MEMFD_FLAGS))
+    if (have & flags) != flags:
+        skip_missing(f"KVM_CAP_GUEST_MEMFD_FLAGS is {have} on a {vm.type.name} VM, this test needs {flags}: "
+                     "needs Linux >= 6.18 (GUEST_MEMFD_FLAG_MMAP / INIT_SHARED)")
+
+
+def test_mmap_without_mmap_flag_fails(vm, gmem_factory) -> None:  # noqa: ANN001
+    """Without GUEST_MEMFD_FLAG_MMAP: mmap of one page and of the whole file fail with ENODEV."""
+    g = gmem_factory(vm, SIZE, 0)
+    for length in (PAGE_SIZE, SIZE):
+        with pytest.raises(KvmError) as ei:
+            g.mmap(length)
+        assert ei.value.errno == errno.ENODEV, f"mmap({length:#x}) without MMAP flag: {ei.value}"
+
+
+@pytest.mark.parametrize("flags", [MMAP, SHARED], ids=["MMAP", "MMAP+INIT_SHARED"])
+def test_map_private_fails(vm, gmem_factory, flags: GuestMemfdFlag) -> None:  # noqa: ANN001
+    """guest_memfd has no copy-on-write: MAP_PRIVATE is EINVAL."""
+    need_flags(vm, flags)
+    g = gmem_factory(vm, SIZE, flags)
+    with pytest.raises(KvmError) as ei:
+        g.mmap(shared=False)
+    assert ei.value.errno == errno.EINVAL
+
+
+def test_init_shared_write_read_punch(vm, gmem_factory) -> None:  # noqa: ANN001
+    """Write/read back the whole mapping; PUNCH_HOLE of page 0 reads back zeros, the rest intact."""
+    need_flags(vm, SHARED)
+    g = gmem_factory(vm, SIZE, SHARED)
+    with g.mmap() as m:
+        pattern = bytes((i * 7 + 3) & 0xFF for i in range(SIZE))
+        m[:] = pattern
+        assert m[:] == pattern
+        g.punch_hole(0, PAGE_SIZE)
+        assert m[:PAGE_SIZE] == bytes(PAGE_SIZE)
+        assert m[PAGE_SIZE:] == pattern[PAGE_SIZE:]
+        m[:PAGE_SIZE] = b"\xaa" * PAGE_SIZE
+        assert m[:PAGE_SIZE] == b"\xaa" * PAGE_SIZE
+
+
+def test_data_survives_unmap_and_remap(vm, gmem_factory) -> None:  # noqa: ANN001
+    need_flags(vm, SHARED)
+    g = gmem_factory(vm, SIZE, SHARED)
+    with g.mmap() as m:
+        m[100:104] = b"kvm!"
+    with g.mmap(PAGE_SIZE, PAGE_SIZE) as m2:
+        m2[0:4] = b"page"
+    with g.mmap() as m3:
+        assert m3[100:104] == b"kvm!" and m3[PAGE_SIZE:PAGE_SIZE + 4] == b"page"
+
+
+@pytest.mark.parametrize("write", [False, True], ids=["read", "write"])
+def test_mmap_without_init_shared_sigbus(vm, gmem_factory, write: bool) -> None:  # noqa: ANN001
+    """MMAP without INIT_SHARED: memory starts private, so any host access is SIGBUS."""
+    need_flags(vm, MMAP)
+    g = gmem_factory(vm, SIZE, MMAP)
+    with g.mmap() as m:
+        for off in (0, SIZE - 1):
+            r = run_in_child(lambda: touch(m, off, write))
+            assert r.signal == signal.SIGBUS, f"{'write' if write else 'read'} at {off:#x}: child {r}"
+
+
+def test_access_past_eof_sigbus(vm, gmem_factory) -> None:  # noqa: ANN001
+    """A mapping longer than the file: below EOF works, at and after EOF is SIGBUS."""
+    need_flags(vm, SHARED)
+    g = gmem_factory(vm, SIZE, SHARED)
+    with g.mmap(2 * SIZE) as m:
+        m[SIZE - 1] = 1
+        assert m[SIZE - 1] == 1
+        for off in (SIZE, SIZE + PAGE_SIZE, 2 * SIZE - 1):
+            r = run_in_child(lambda: touch(m, off))
+            assert r.signal == signal.SIGBUS, f"read at {off:#x} past EOF {SIZE:#x}: child {r}"
+        assert run_in_child(lambda: touch(m, SIZE - 1)).exitcode == 0
+
+
+MADV_COLLAPSE = 25
+
+
+def test_madvise(vm, gmem_factory) -> None:  # noqa: ANN001
+    """MADV_HUGEPAGE succeeds, MADV_COLLAPSE is EINVAL, MADV_DONTNEED keeps the data (file-backed)."""
+    need_flags(vm, SHARED)
+    g = gmem_factory(vm, SIZE, SHARED)
+    with g.mmap() as m:
+        m[:4] = b"abcd"
+        m.madvise(mmap.MADV_HUGEPAGE)
+        with pytest.raises(OSError) as ei:
+            m.madvise(MADV_COLLAPSE)
+        assert ei.value.errno == errno.EINVAL
+        m.madvise(mmap.MADV_DONTNEED)
+        assert m[:4] == b"abcd"
+
+
+def _numa_nodes() -> list[int]:
+    try:
+        names = os.listdir("/sys/devices/system/node")
+    except OSError:
+        return [0]
+    return sorted(int(n[4:]) for n in names if n.startswith("node") and n[4:].isdigit()) or [0]
+
+
+@pytest.mark.numa
+@pytest.mark.parametrize("policy", ["interleave", "bind", "default", "invalid"])
+def test_numa_mbind_round_trip(vm, gmem_factory, policy: str) -> None:  # noqa: ANN001
+    """CHECKLIST 24: mbind on a guest_memfd mapping round-trips through get_mempolicy (>= 2 NUMA nodes)."""
+    nodes = _numa_nodes()
+    if len(nodes) < 2:
+        pytest.skip(f"needs >= 2 NUMA nodes, this machine has {len(nodes)} (a topology fact, not a kernel capability)")
+    need_flags(vm, SHARED)
+    from kvmffi import numa
+    g = gmem_factory(vm, SIZE, SHARED)
+    with g.mmap() as m:
+        mask = (1 << nodes[0]) | (1 << nodes[1])
+        if policy == "invalid":
+            assert numa.mbind(m.addr, SIZE, 99, mask) == errno.EINVAL
+            return
+        mode = {"interleave": numa.MPOL_INTERLEAVE, "bind": numa.MPOL_BIND, "default": numa.MPOL_DEFAULT}[policy]
+        assert numa.mbind(m.addr, SIZE, mode, 0 if mode == numa.MPOL_DEFAULT else mask) == 0
+        got_mode, got_mask = numa.get_mempolicy_addr(m.addr)
+        assert got_mode == mode
+        if mode != numa.MPOL_DEFAULT:
+            assert got_mask == mask
+
+
+@pytest.mark.numa
+def test_numa_policy_decides_node(vm, gmem_factory) -> None:  # noqa: ANN001
+    """CHECKLIST 25: a BIND policy set before allocation decides where pages land (>= 2 NUMA nodes)."""
+    nodes = _numa_nodes()
+    if len(nodes) < 2:
+        pytest.skip(f"needs >= 2 NUMA nodes, this machine has {len(nodes)} (a topology fact, not a kernel capability)")
+    need_flags(vm, SHARED)
+    from kvmffi import numa
+    g = gmem_factory(vm, SIZE, SHARED)
+    with g.mmap() as m:
+        for node in nodes[:2]:
+            g.punch_hole(0, SIZE)
+            assert numa.mbind(m.addr, SIZE, numa.MPOL_BIND, 1 << node) == 0
+            m[:] = b"\x01" * SIZE
+            assert numa.page_nodes(m.addr, SIZE // PAGE_SIZE) == [node] * (SIZE // PAGE_SIZE)

@@ -1,0 +1,152 @@
+"""KVM_SET_USER_MEMORY_REGION2 with guest_memfd (CHECKLIST 27-35).
+
+This kernel lets DEFAULT VMs bind guest_memfd, so these run on the host tier.
+"""
+
+import errno
+import os
+
+import pytest
+
+from kvmffi import PAGE_SIZE, Cap, Kvm, MemslotFlag, Vm, errno_of, memory
+from kvmffi.testing import expect_errno
+
+GMEM = MemslotFlag.GUEST_MEMFD
+TEST_GPA = 1 << 32
+TEST_SIZE = 2 << 20
+MiB = 1 << 20
+
+
+@pytest.fixture
+def gmem(vm, gmem_factory):  # noqa: ANN001, ANN201
+    return gmem_factory(vm, 4 * MiB)
+
+
+@pytest.fixture
+def host_mem():  # noqa: ANN201
+    with memory.anonymous(4 * MiB) as m:
+        yield m
+
+
+def test_guest_memfd_flag_on_legacy_ioctl_fails(vm: Vm, host_mem) -> None:  # noqa: ANN001
+    expect_errno(errno.EINVAL, "KVM_SET_USER_MEMORY_REGION with KVM_MEM_GUEST_MEMFD",
+                 vm.set_user_memory_region, 0, TEST_GPA, TEST_SIZE, host_mem.addr, GMEM)
+
+
+def test_unknown_flag_bits_fail_on_both_ioctls(vm: Vm, host_mem) -> None:  # noqa: ANN001
+    for bit in range(3, 32):
+        f = 1 << bit
+        expect_errno(errno.EINVAL, f"KVM_SET_USER_MEMORY_REGION flags={f:#x}",
+                     vm.set_user_memory_region, 0, TEST_GPA, TEST_SIZE, host_mem.addr, f)
+        expect_errno(errno.EINVAL, f"KVM_SET_USER_MEMORY_REGION2 flags={f:#x}",
+                     vm.set_user_memory_region2, 0, TEST_GPA, TEST_SIZE, host_mem.addr, f)
+    assert vm.memslots == {}
+
+
+def test_wrong_fds_fail(kvm: Kvm, vm: Vm, vm_type, host_mem) -> None:  # noqa: ANN001
+    """The guest_memfd fd must be this VM's guest_memfd (CHECKLIST 28)."""
+    mfd = os.memfd_create("kvmffi-test", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(mfd, TEST_SIZE)
+        with kvm.create_vm(vm_type) as other, other.create_guest_memfd(TEST_SIZE) as foreign:
+            for what, fd in (("/dev/kvm", kvm.fileno()), ("the VM fd", vm.fileno()), ("a memfd", mfd),
+                             ("another VM's guest_memfd", foreign.fileno())):
+                expect_errno(errno.EINVAL, f"binding {what} as guest_memfd",
+                             vm.set_user_memory_region2, 0, TEST_GPA, TEST_SIZE, host_mem.addr, GMEM, fd)
+        r, w = os.pipe()
+        os.close(r)
+        os.close(w)
+        expect_errno(errno.EBADF, f"binding closed fd {r} as guest_memfd",
+                     vm.set_user_memory_region2, 0, TEST_GPA, TEST_SIZE, host_mem.addr, GMEM, r)
+    finally:
+        os.close(mfd)
+
+
+@pytest.mark.parametrize("offset", [1, 0x80, PAGE_SIZE - 1, PAGE_SIZE + 1])
+def test_unaligned_gmem_offset_fails(vm: Vm, gmem, host_mem, offset: int) -> None:  # noqa: ANN001
+    expect_errno(errno.EINVAL, f"guest_memfd_offset {offset:#x}",
+                 vm.set_user_memory_region2, 0, TEST_GPA, PAGE_SIZE, host_mem.addr, GMEM, gmem, offset)
+
+
+@pytest.mark.parametrize("offset,size", [(PAGE_SIZE, 4 * MiB), (4 * MiB, PAGE_SIZE), (4 * MiB - PAGE_SIZE, 2 * PAGE_SIZE)])
+def test_binding_beyond_gmem_size_fails(vm: Vm, gmem, host_mem, offset: int, size: int) -> None:  # noqa: ANN001
+    """CHECKLIST 30 (verify): offset + size > i_size is EINVAL (the kernel's answer)."""
+    expect_errno(errno.EINVAL, f"binding [{offset:#x}, {offset + size:#x}) of a 4 MiB guest_memfd",
+                 vm.set_user_memory_region2, 0, TEST_GPA, size, host_mem.addr, GMEM, gmem, offset)
+    # the last page exactly is fine
+    vm.set_user_memory_region2(0, TEST_GPA, PAGE_SIZE, host_mem.addr, GMEM, gmem, 4 * MiB - PAGE_SIZE)
+
+
+def test_overlapping_gmem_ranges_with_disjoint_gpas(vm: Vm, gmem, host_mem) -> None:  # noqa: ANN001
+    """CHECKLIST 31, cause 1: a second slot binding an already-bound gmem range is EINVAL.
+
+    The kernel's answer (kvm_gmem_bind: the range is already in the bindings) is EINVAL,
+    not EEXIST, whether the overlap is total or partial.
+    """
+    vm.set_user_memory_region2(0, TEST_GPA, MiB, host_mem.addr, GMEM, gmem, 0)
+    expect_errno(errno.EINVAL, "same gmem range, GPA elsewhere",
+                 vm.set_user_memory_region2, 1, TEST_GPA + 2 * MiB, MiB, host_mem.addr, GMEM, gmem, 0)
+    expect_errno(errno.EINVAL, "partly overlapping gmem range, GPA elsewhere",
+                 vm.set_user_memory_region2, 1, TEST_GPA + 2 * MiB, MiB, host_mem.addr, GMEM, gmem, MiB - PAGE_SIZE)
+
+
+def test_overlapping_gpas_with_disjoint_gmem_ranges(vm: Vm, gmem, host_mem) -> None:  # noqa: ANN001
+    """CHECKLIST 31, cause 2: overlapping GPAs are EEXIST (the memslot check), gmem ranges disjoint."""
+    vm.set_user_memory_region2(0, TEST_GPA, MiB, host_mem.addr, GMEM, gmem, 0)
+    expect_errno(errno.EEXIST, "same GPA, disjoint gmem range",
+                 vm.set_user_memory_region2, 1, TEST_GPA, MiB, host_mem.addr + MiB, GMEM, gmem, MiB)
+    expect_errno(errno.EEXIST, "partly overlapping GPA, disjoint gmem range",
+                 vm.set_user_memory_region2, 1, TEST_GPA + MiB - PAGE_SIZE, MiB, host_mem.addr + MiB, GMEM, gmem, MiB)
+
+
+def test_non_overlapping_bindings_and_rebind_after_delete(vm: Vm, gmem, host_mem) -> None:  # noqa: ANN001
+    vm.set_user_memory_region2(0, TEST_GPA, MiB, host_mem.addr, GMEM, gmem, 0)
+    vm.set_user_memory_region2(1, TEST_GPA + MiB, MiB, host_mem.addr + MiB, GMEM, gmem, MiB)
+    vm.delete_memslot(0)
+    assert sorted(vm.memslots) == [1]
+    vm.set_user_memory_region2(0, TEST_GPA, MiB, host_mem.addr, GMEM, gmem, 0)
+    # and after deleting, the range can go to a different slot at a different GPA
+    vm.delete_memslot(0)
+    vm.set_user_memory_region2(2, TEST_GPA + 8 * MiB, MiB, host_mem.addr, GMEM, gmem, 0)
+
+
+@pytest.mark.parametrize("flag", [MemslotFlag.LOG_DIRTY_PAGES, MemslotFlag.READONLY], ids=lambda f: f.name)
+def test_guest_memfd_with_dirty_log_or_readonly_fails(vm: Vm, gmem, host_mem, flag: MemslotFlag) -> None:  # noqa: ANN001
+    """CHECKLIST 32, 33: LOG_DIRTY_PAGES or READONLY with GUEST_MEMFD is EINVAL."""
+    expect_errno(errno.EINVAL, f"KVM_MEM_GUEST_MEMFD|{flag.name}",
+                 vm.set_user_memory_region2, 0, TEST_GPA, MiB, host_mem.addr, GMEM | flag, gmem, 0)
+    # the same flag without guest_memfd is fine on this kernel
+    vm.set_user_memory_region2(0, TEST_GPA, MiB, host_mem.addr, flag)
+
+
+def test_guest_memfd_ness_cannot_change(vm: Vm, gmem, host_mem) -> None:  # noqa: ANN001
+    """CHECKLIST 34: flipping KVM_MEM_GUEST_MEMFD on an existing slot is EINVAL, both ways."""
+    vm.set_user_memory_region2(0, TEST_GPA, MiB, host_mem.addr, GMEM, gmem, 0)
+    expect_errno(errno.EINVAL, "dropping GUEST_MEMFD from slot 0",
+                 vm.set_user_memory_region2, 0, TEST_GPA, MiB, host_mem.addr, 0)
+    vm.set_user_memory_region2(1, TEST_GPA + 2 * MiB, MiB, host_mem.addr, 0)
+    expect_errno(errno.EINVAL, "adding GUEST_MEMFD to slot 1",
+                 vm.set_user_memory_region2, 1, TEST_GPA + 2 * MiB, MiB, host_mem.addr, GMEM, gmem, MiB)
+
+
+def test_max_memslots(kvm: Kvm, vm: Vm) -> None:
+    """CHECKLIST 35: KVM_CAP_NR_MEMSLOTS slots can be added (per address space); one more is EINVAL."""
+    n = kvm.check_extension(Cap.NR_MEMSLOTS)
+    assert n > 0
+    assert vm.check_extension(Cap.NR_MEMSLOTS) == n
+    with memory.anonymous(PAGE_SIZE) as page:
+        for slot in range(n):
+            vm.set_user_memory_region(slot, TEST_GPA + slot * PAGE_SIZE, PAGE_SIZE, page.addr)
+        expect_errno(errno.EINVAL, f"slot {n} with NR_MEMSLOTS={n}",
+                     vm.set_user_memory_region, n, TEST_GPA + n * PAGE_SIZE, PAGE_SIZE, page.addr)
+        expect_errno(errno.EINVAL, f"slot {n} via REGION2",
+                     vm.set_user_memory_region2, n, TEST_GPA + n * PAGE_SIZE, PAGE_SIZE, page.addr)
+        vm.close()  # before the page goes away
+
+
+def test_set_memory_region_validation(vm: Vm, host_mem) -> None:  # noqa: ANN001
+    """Classic checks that still hold for REGION2: unaligned GPA, size, hva."""
+    expect_errno(errno.EINVAL, "unaligned gpa", vm.set_user_memory_region2, 0, TEST_GPA + 1, MiB, host_mem.addr)
+    expect_errno(errno.EINVAL, "unaligned size", vm.set_user_memory_region2, 0, TEST_GPA, MiB + 1, host_mem.addr)
+    expect_errno(errno.EINVAL, "unaligned hva", vm.set_user_memory_region2, 0, TEST_GPA, MiB, host_mem.addr + 1)
+    assert errno_of(vm.set_user_memory_region2, 0, TEST_GPA, MiB, host_mem.addr) == 0

@@ -1,0 +1,122 @@
+"""Struct sizes, field offsets and ioctl numbers against the uAPI facts (no /dev/kvm needed)."""
+
+import pytest
+
+from kvmffi import _ffi
+
+SIZES = {
+    "struct kvm_userspace_memory_region": 32,
+    "struct kvm_userspace_memory_region2": 160,
+    "struct kvm_create_guest_memfd": 64,
+    "struct kvm_memory_attributes": 32,
+    "struct kvm_pre_fault_memory": 64,
+    "struct kvm_enable_cap": 104,
+    "struct kvm_regs": 144,
+    "struct kvm_segment": 24,
+    "struct kvm_dtable": 16,
+    "struct kvm_sregs": 312,
+    "struct kvm_run_io": 16,
+    "struct kvm_run_mmio": 24,
+    "struct kvm_run_hypercall": 72,
+    "struct kvm_run_memory_fault": 24,
+    "struct kvm_run_internal": 136,
+    "struct kvm_run_system_event": 136,
+}
+
+
+@pytest.mark.parametrize("struct,size", SIZES.items(), ids=[s.split()[1] for s in SIZES])
+def test_struct_size(struct: str, size: int) -> None:
+    assert _ffi.sizeof(struct) == size
+
+
+OFFSETS = [
+    ("struct kvm_userspace_memory_region2", "guest_phys_addr", 8),
+    ("struct kvm_userspace_memory_region2", "memory_size", 16),
+    ("struct kvm_userspace_memory_region2", "userspace_addr", 24),
+    ("struct kvm_userspace_memory_region2", "guest_memfd_offset", 32),
+    ("struct kvm_userspace_memory_region2", "guest_memfd", 40),
+    ("struct kvm_userspace_memory_region2", "pad2", 48),
+    ("struct kvm_create_guest_memfd", "flags", 8),
+    ("struct kvm_create_guest_memfd", "reserved", 16),
+    ("struct kvm_memory_attributes", "attributes", 16),
+    ("struct kvm_memory_attributes", "flags", 24),
+    ("struct kvm_pre_fault_memory", "flags", 16),
+    ("struct kvm_enable_cap", "args", 8),
+    ("struct kvm_enable_cap", "pad", 40),
+    ("struct kvm_regs", "rip", 128),
+    ("struct kvm_regs", "rflags", 136),
+    ("struct kvm_segment", "selector", 12),
+    ("struct kvm_segment", "type", 14),
+    ("struct kvm_segment", "l", 19),
+    ("struct kvm_segment", "unusable", 22),
+    ("struct kvm_sregs", "tr", 144),
+    ("struct kvm_sregs", "gdt", 192),
+    ("struct kvm_sregs", "idt", 208),
+    ("struct kvm_sregs", "cr0", 224),
+    ("struct kvm_sregs", "cr3", 240),
+    ("struct kvm_sregs", "efer", 264),
+    ("struct kvm_sregs", "apic_base", 272),
+    ("struct kvm_sregs", "interrupt_bitmap", 280),
+    ("struct kvm_run", "immediate_exit", 1),
+    ("struct kvm_run", "exit_reason", 8),
+    ("struct kvm_run", "flags", 14),
+    ("struct kvm_run", "cr8", 16),
+    ("struct kvm_run", "apic_base", 24),
+    ("struct kvm_run", "io", 32),
+    ("struct kvm_run", "kvm_valid_regs", 288),
+    ("struct kvm_run", "s", 304),
+    ("struct kvm_run_io", "port", 2),
+    ("struct kvm_run_io", "count", 4),
+    ("struct kvm_run_io", "data_offset", 8),
+    ("struct kvm_run_mmio", "data", 8),
+    ("struct kvm_run_mmio", "len", 16),
+    ("struct kvm_run_mmio", "is_write", 20),
+    ("struct kvm_run_hypercall", "args", 8),
+    ("struct kvm_run_hypercall", "ret", 56),
+    ("struct kvm_run_hypercall", "flags", 64),
+    ("struct kvm_run_memory_fault", "gpa", 8),
+    ("struct kvm_run_memory_fault", "size", 16),
+    ("struct kvm_run_system_event", "data", 8),
+    ("struct kvm_run_fail_entry", "cpu", 8),
+]
+
+
+@pytest.mark.parametrize("struct,field,offset", OFFSETS, ids=[f"{s.split()[1]}.{f}" for s, f, _ in OFFSETS])
+def test_field_offset(struct: str, field: str, offset: int) -> None:
+    assert _ffi.offsetof(struct, field) == offset
+
+
+IOCTLS = {
+    "KVM_GET_API_VERSION": 0xAE00,
+    "KVM_CREATE_VM": 0xAE01,
+    "KVM_CHECK_EXTENSION": 0xAE03,
+    "KVM_GET_VCPU_MMAP_SIZE": 0xAE04,
+    "KVM_CREATE_VCPU": 0xAE41,
+    "KVM_RUN": 0xAE80,
+    "KVM_SET_USER_MEMORY_REGION": 0x4020AE46,
+    "KVM_SET_USER_MEMORY_REGION2": 0x40A0AE49,
+    "KVM_CREATE_GUEST_MEMFD": 0xC040AED4,
+    "KVM_SET_MEMORY_ATTRIBUTES": 0x4020AED2,
+    "KVM_PRE_FAULT_MEMORY": 0xC040AED5,
+    "KVM_ENABLE_CAP": 0x4068AEA3,
+    "KVM_GET_REGS": 0x8090AE81,
+    "KVM_SET_REGS": 0x4090AE82,
+    "KVM_GET_SREGS": 0x8138AE83,
+    "KVM_SET_SREGS": 0x4138AE84,
+}
+
+
+@pytest.mark.parametrize("name,number", IOCTLS.items(), ids=list(IOCTLS))
+def test_ioctl_number(name: str, number: int) -> None:
+    assert getattr(_ffi, name) == number, f"{name} = {getattr(_ffi, name):#x}, expected {number:#x}"
+
+
+def test_every_ioctl_is_checked() -> None:
+    assert set(_ffi.IOCTL_NAMES.values()) == set(IOCTLS)
+
+
+def test_negative_values_are_stored_as_twos_complement() -> None:
+    p = _ffi.new("struct kvm_create_guest_memfd", size=-4096)
+    assert p.size == (1 << 64) - 4096
+    p2 = _ffi.new("struct kvm_userspace_memory_region2", slot=-1)
+    assert p2.slot == 0xFFFFFFFF
