@@ -128,6 +128,7 @@ class Vcpu(FdOwner):
         self._view: _ffi.RunView | None = None
         self._view = _ffi.RunView(mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE))
         self._run = self._view.run
+        self._regs_buf = _ffi.new("struct kvm_regs")
         self.thread_id: int | None = None  # the thread inside KVM_RUN, for the watchdog
         self.last_exit: Exit | None = None
 
@@ -191,6 +192,14 @@ class Vcpu(FdOwner):
         p = _ffi.new("struct kvm_regs")
         self._ioctl_ptr("KVM_GET_REGS", _ffi.KVM_GET_REGS, p)
         return Regs(*(getattr(p, n) for n in _REG_NAMES))
+
+    def get_reg(self, name: str) -> int:
+        """One register by name (KVM_GET_REGS into a reused buffer: the run loop's fast path)."""
+        p = self._regs_buf
+        ret, err = _ffi.ioctl_ptr(self._fd, _ffi.KVM_GET_REGS, p)
+        if ret < 0:
+            raise self.vm._error("KVM_GET_REGS", err, {"vcpu": self.id})
+        return int(getattr(p, name))
 
     def set_regs(self, regs: Regs | None = None, **changes: int) -> None:
         """KVM_SET_REGS. With keyword arguments only, changes just those registers."""

@@ -1,0 +1,20 @@
+/* Several vCPUs at once, each on its own chunk of test memory. */
+#include "kvmffi_guest.h"
+
+GUEST_PARAM uint64_t test_gpa;
+GUEST_PARAM uint64_t chunk_size;
+GUEST_PARAM uint64_t rounds = 16;
+
+void guest_main(void)
+{
+	uint64_t id = guest_vcpu_id();
+	uint8_t *chunk = (uint8_t *)(test_gpa + id * chunk_size);
+
+	for (uint64_t r = 0; r < rounds; r++) {
+		uint8_t pat = (uint8_t)(0x10 * (id + 1) + r);
+		memset(chunk, pat, chunk_size);
+		GUEST_ASSERT_EQ(guest_check_pattern(chunk, pat, chunk_size), -1);
+		GUEST_SYNC(id, r);
+	}
+	GUEST_DONE();
+}

@@ -1,0 +1,97 @@
+"""Build guest programs with the system gcc, cached by a hash of sources, flags and compiler."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+CFLAGS = ["-ffreestanding", "-fno-pic", "-fno-pie", "-static", "-nostdlib", "-no-pie", "-mno-red-zone",
+          "-mgeneral-regs-only", "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-fcf-protection=none",
+          "-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror=implicit-function-declaration"]
+
+
+class GuestBuildError(RuntimeError):
+    """gcc failed; the message carries the compiler's output and the file."""
+
+
+def guests_dir() -> Path:
+    """Where the guest sources live: $KVMFFI_GUESTS, else the repository's guests/ next to the package."""
+    env = os.environ.get("KVMFFI_GUESTS")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent.parent / "guests", here / "data"):
+        if (cand / "include" / "kvmffi_guest.h").exists():
+            return cand
+    raise FileNotFoundError("guest sources not found: set KVMFFI_GUESTS to the guests/ directory")
+
+
+def cache_dir() -> Path:
+    """$KVMFFI_CACHE, else $XDG_CACHE_HOME/kvmffi, else ~/.cache/kvmffi."""
+    env = os.environ.get("KVMFFI_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "kvmffi"
+
+
+_cc_version: dict[str, str] = {}
+
+
+def _compiler_id(cc: str) -> str:
+    if cc not in _cc_version:
+        try:
+            out = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise GuestBuildError(f"cannot run the guest compiler {cc!r}: {e}; install gcc (apt-get install gcc)") from None
+        _cc_version[cc] = out.splitlines()[0] if out else cc
+    return _cc_version[cc]
+
+
+def sources_for(program: str, root: Path | None = None) -> list[Path]:
+    root = root or guests_dir()
+    src = root / program if program.endswith(".c") else root / f"{program}.c"
+    if not src.exists():
+        avail = sorted(p.stem for p in root.glob("*.c"))
+        raise FileNotFoundError(f"no guest program {src}; available: {', '.join(avail)}")
+    return [root / "lib" / "entry.S", root / "lib" / "ucall.c", src]
+
+
+def build(program: str, *, cc: str | None = None, extra_cflags: list[str] | None = None) -> Path:
+    """Compile ``guests/<program>.c`` with the guest library; returns the cached ELF's path."""
+    root = guests_dir()
+    cc = cc or os.environ.get("KVMFFI_GUEST_CC", "gcc")
+    srcs = sources_for(program, root)
+    lds = root / "guest.lds"
+    headers = sorted((root / "include").glob("*.h"))
+    flags = CFLAGS + list(extra_cflags or [])
+    h = hashlib.sha256()
+    for p in [*srcs, lds, *headers]:
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    h.update(" ".join(flags).encode())
+    cc_id = _compiler_id(cc)
+    h.update(cc_id.encode())
+    name = Path(program).stem
+    out = cache_dir() / "guests" / f"{name}-{h.hexdigest()[:16]}.elf"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tmp_out = Path(tmp) / out.name
+        cmd = [cc, *flags, f"-I{root / 'include'}", "-Wl,-T," + str(lds), "-Wl,--build-id=none",
+               "-o", str(tmp_out), *map(str, srcs)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise GuestBuildError(f"building guest program {srcs[-1]} failed ({cc_id}):\n{r.stderr.strip()}")
+        shutil.move(str(tmp_out), out)
+    return out
+
+
+def build_all() -> list[Path]:
+    """Build every guest program (e.g. before booting a test kernel whose root is read-only)."""
+    return [build(p.stem) for p in sorted(guests_dir().glob("*.c"))]

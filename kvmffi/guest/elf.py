@@ -1,0 +1,133 @@
+"""Load a guest ELF with pyelftools: PT_LOAD segments and the symbol table."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.constants import P_FLAGS
+from elftools.elf.elffile import ELFFile
+
+
+class GuestElfError(ValueError):
+    """The file is not a loadable x86-64 guest ELF; the message says why."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    gpa: int
+    data: bytes      # file contents; memsz - len(data) bytes of zeros follow (bss)
+    memsz: int
+    executable: bool
+    writable: bool
+
+
+@dataclass(frozen=True)
+class Symbol:
+    name: str
+    addr: int
+    size: int
+
+
+@dataclass
+class GuestImage:
+    path: str
+    entry: int
+    segments: list[Segment]
+    symbols: dict[str, Symbol] = field(default_factory=dict)
+    lines: list[tuple[int, str, int]] = field(default_factory=list)  # (address, file, line), sorted
+
+    @property
+    def end(self) -> int:
+        return max(s.gpa + s.memsz for s in self.segments)
+
+    def symbol(self, name: str) -> Symbol:
+        try:
+            return self.symbols[name]
+        except KeyError:
+            raise KeyError(f"guest {Path(self.path).name} has no symbol {name!r}") from None
+
+    def source_line(self, addr: int) -> str | None:
+        """'file:line' for a guest address, from the DWARF line table (if built with -g)."""
+        import bisect
+        i = bisect.bisect_right(self.lines, (addr, "\uffff", 1 << 30)) - 1
+        if i < 0:
+            return None
+        a, f, ln = self.lines[i]
+        if addr - a > 64:
+            return None
+        return f"{f}:{ln}"
+
+    def function_at(self, addr: int) -> str | None:
+        for s in self.symbols.values():
+            if s.size and s.addr <= addr < s.addr + s.size:
+                return s.name
+        return None
+
+
+def load(path: str | Path, data: bytes | None = None) -> GuestImage:
+    """Parse an ELF file (or ``data``). Raises GuestElfError for anything not loadable."""
+    path = str(path)
+    if data is None:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise GuestElfError(f"cannot read guest ELF {path}: {e.strerror}") from None
+    if len(data) < 64 or data[:4] != b"\x7fELF":
+        raise GuestElfError(f"{path} is not an ELF file (size {len(data)}, magic {data[:4]!r})")
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        if elf.elfclass != 64 or elf["e_machine"] != "EM_X86_64":
+            raise GuestElfError(f"{path} is {elf.elfclass}-bit {elf['e_machine']}, guests must be x86-64 ELF64")
+        segs = []
+        for seg in elf.iter_segments():
+            if seg["p_type"] != "PT_LOAD":
+                continue
+            fsz, msz, off = seg["p_filesz"], seg["p_memsz"], seg["p_offset"]
+            if off + fsz > len(data):
+                raise GuestElfError(f"{path} is truncated: a PT_LOAD segment needs bytes up to {off + fsz:#x}, "
+                                    f"the file has {len(data):#x}")
+            if fsz > msz:
+                raise GuestElfError(f"{path}: PT_LOAD at {seg['p_paddr']:#x} has filesz {fsz:#x} > memsz {msz:#x}")
+            segs.append(Segment(seg["p_paddr"], data[off:off + fsz], msz, bool(seg["p_flags"] & P_FLAGS.PF_X),
+                                bool(seg["p_flags"] & P_FLAGS.PF_W)))
+        if not segs:
+            raise GuestElfError(f"{path} has no PT_LOAD segment")
+        img = GuestImage(path, elf["e_entry"], segs)
+        symtab = elf.get_section_by_name(".symtab")
+        if symtab is not None:
+            for s in symtab.iter_symbols():
+                if s.name and s["st_info"]["type"] in ("STT_OBJECT", "STT_FUNC", "STT_NOTYPE"):
+                    img.symbols[s.name] = Symbol(s.name, s["st_value"], s["st_size"])
+        if elf.has_dwarf_info():
+            img.lines = _line_table(elf)
+    except ELFError as e:
+        raise GuestElfError(f"{path} is a malformed ELF: {e}") from None
+    except GuestElfError:
+        raise
+    except Exception as e:  # pyelftools raises assorted errors on garbage
+        raise GuestElfError(f"{path} is a malformed or truncated ELF: {type(e).__name__}: {e}") from None
+    return img
+
+
+def _line_table(elf: ELFFile) -> list[tuple[int, str, int]]:
+    out = []
+    dw = elf.get_dwarf_info()
+    for cu in dw.iter_CUs():
+        lp = dw.line_program_for_CU(cu)
+        if lp is None:
+            continue
+        files = lp["file_entry"]
+        ver = lp["version"]
+        for e in lp.get_entries():
+            st = e.state
+            if st is None or st.end_sequence:
+                continue
+            idx = st.file if ver >= 5 else st.file - 1
+            name = files[idx].name.decode() if 0 <= idx < len(files) else "?"
+            out.append((st.address, name, st.line))
+    out.sort()
+    return out

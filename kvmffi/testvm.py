@@ -1,0 +1,508 @@
+"""A selftests-style test VM: one call gives a VM, a guest program, memory, vCPUs and a run loop.
+
+>>> with TestVm("shared_mem") as tvm:                       # vm_create_with_one_vcpu
+...     mem = tvm.add_memory(TEST_GPA, 2 << 20, backing="gmem-mmap")
+...     tvm.set_param("test_gpa", TEST_GPA)
+...     tvm.run(on_sync=lambda vcpu, args: ...)
+
+Layout (GPA == GVA): descriptor tables and page tables in the first MiB, the guest
+program at 1 MiB, one 64 KiB stack per vCPU below ``low_size``; test memory from
+4 GiB up, mapped in the guest page tables only where a test asks.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import signal
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import memory as _memory
+from .exits import Exit, IntrExit, IoExit, ShutdownExit, describe
+from .guest import build as _build
+from .guest import elf as _elf
+from .guest import x86
+from .guest_memfd import GuestMemfd
+from .memory import HostMemory
+from .system import Kvm
+from .uapi import GuestMemfdFlag, IoDirection, MemslotFlag, VmType
+from .vcpu import Vcpu
+from .vm import Vm
+
+TEST_GPA = 1 << 32
+UCALL_PORT = 0x1000
+UCALL_NONE, UCALL_SYNC, UCALL_ABORT, UCALL_PRINTF, UCALL_DONE, UCALL_EXCEPTION = 0, 1, 2, 3, 4, 5
+UCALL_SIZE = 8 + 7 * 8 + 256
+STACK_SIZE = 64 << 10
+LOW_SLOT = 0
+KICK_SIGNAL = signal.SIGRTMIN + 3  # type: ignore[operator]
+
+_ucall = struct.Struct("<8Q")
+
+
+class GuestError(Exception):
+    """Base of errors that come from the guest."""
+
+
+class GuestAssertionError(AssertionError, GuestError):
+    """A GUEST_ASSERT failed: the message carries the condition, file:line and values."""
+
+
+class GuestException(GuestError):
+    """The guest took an exception (vector, error code, RIP, CR2 reported by the IDT stubs)."""
+
+    def __init__(self, msg: str, vector: int, error_code: int, rip: int, cr2: int) -> None:
+        super().__init__(msg)
+        self.vector, self.error_code, self.rip, self.cr2 = vector, error_code, rip, cr2
+
+
+class GuestHang(GuestError, TimeoutError):
+    """A vCPU did not exit within its timeout; the watchdog kicked it out of KVM_RUN."""
+
+
+class UnexpectedExit(GuestError):
+    """An exit the test did not handle; the message names it and shows registers and memslots."""
+
+    def __init__(self, msg: str, exit: Exit) -> None:
+        super().__init__(msg)
+        self.exit = exit
+
+
+class GuestTripleFault(UnexpectedExit):
+    """KVM_EXIT_SHUTDOWN: the guest triple-faulted; the message shows its registers."""
+
+
+def install_kick_handler() -> None:
+    """Install the no-op handler for the watchdog's signal (must run on the main thread)."""
+    if signal.getsignal(KICK_SIGNAL) in (signal.SIG_DFL, None, signal.SIG_IGN):
+        signal.signal(KICK_SIGNAL, lambda s, f: None)
+
+
+@dataclass
+class TestMemory:
+    """Test memory at ``gpa``: ``host`` is the shared view (mapping), ``gmem`` the guest_memfd if any."""
+
+    gpa: int
+    size: int
+    slot: int
+    backing: str
+    host: HostMemory | None
+    gmem: GuestMemfd | None = None
+    gmem_offset: int = 0
+    owns_gmem: bool = True
+
+    def read(self, offset: int, n: int) -> bytes:
+        assert self.host is not None, f"{self.backing} test memory has no host mapping"
+        return self.host[offset:offset + n]
+
+    def write(self, offset: int, data: bytes) -> None:
+        assert self.host is not None, f"{self.backing} test memory has no host mapping"
+        self.host[offset:offset + len(data)] = data
+
+
+class _LowMemory:
+    def __init__(self, mem: HostMemory) -> None:
+        self.mem = mem
+
+    def write(self, gpa: int, data: bytes) -> None:
+        self.mem[gpa:gpa + len(data)] = data
+
+    def read(self, gpa: int, n: int) -> bytes:
+        return self.mem[gpa:gpa + n]
+
+
+@dataclass
+class _VcpuState:
+    vcpu: Vcpu
+    progress: int = 0
+    in_run: bool = False
+    kicked: bool = False
+    error: BaseException | None = None
+    syncs: int = 0
+    thread: threading.Thread | None = None
+
+
+@dataclass
+class RunResult:
+    syncs: dict[int, int] = field(default_factory=dict)   # vCPU id -> GUEST_SYNC count
+    printed: list[str] = field(default_factory=list)      # GUEST_PRINTF lines
+    seconds: float = 0.0
+
+
+BACKINGS = ("anon", "memfd", "thp", "hugetlb", "gmem", "gmem-mmap")
+
+
+class TestVm:
+    """A VM running one guest program (``guests/<program>.c``) on ``nr_vcpus`` vCPUs."""
+
+    def __init__(self, program: str | Path, *, vm_type: VmType | int = VmType.DEFAULT, nr_vcpus: int = 1,
+                 kvm: Kvm | None = None, low_size: int = 8 << 20, timeout: float = 10.0,
+                 printf: Callable[[str], None] | None = None) -> None:
+        self._own_kvm = kvm is None
+        self.kvm = kvm or Kvm()
+        self.timeout = timeout
+        self.printf = printf
+        self.regions: list[TestMemory] = []
+        self._next_slot = 1
+        self._closed = False
+        self.vm: Vm | None = None
+        self.low: HostMemory | None = None
+        try:
+            path = Path(program) if str(program).endswith(".elf") else _build.build(str(program))
+            self.image = _elf.load(path)
+            self.vm = self.kvm.create_vm(vm_type)
+            max_vcpus = (low_size - max(self.image.end, 4 << 20)) // STACK_SIZE
+            if nr_vcpus < 1 or nr_vcpus > max_vcpus:
+                raise ValueError(f"nr_vcpus={nr_vcpus}: between 1 and {max_vcpus} fit in low_size={low_size:#x}")
+            self.low_size = low_size
+            self.low = _memory.anonymous(low_size)
+            self._lowmem = _LowMemory(self.low)
+            self.vm.set_user_memory_region(LOW_SLOT, 0, low_size, self.low.addr, keep=self.low)
+            for seg in self.image.segments:
+                if seg.gpa + seg.memsz > low_size or seg.gpa < x86.IMAGE_GPA:
+                    raise _elf.GuestElfError(f"{path}: segment at {seg.gpa:#x}+{seg.memsz:#x} is outside "
+                                             f"[{x86.IMAGE_GPA:#x}, {low_size:#x})")
+                self.low[seg.gpa:seg.gpa + len(seg.data)] = seg.data
+            x86.write_descriptor_tables(self._lowmem, self.image.symbol("kvmffi_exception_stubs").addr)
+            self.pt = x86.PageTables(self._lowmem)
+            self.pt.map(x86.PAGE, x86.PAGE, x86.HUGE_2M - x86.PAGE)   # first 2 MiB except page 0
+            self.pt.map(x86.HUGE_2M, x86.HUGE_2M, low_size - x86.HUGE_2M, x86.HUGE_2M)
+            self.states: list[_VcpuState] = []
+            for i in range(nr_vcpus):
+                self.states.append(_VcpuState(self._setup_vcpu(i)))
+        except BaseException:
+            self.close()
+            raise
+
+    # -- construction ------------------------------------------------------
+    def _setup_vcpu(self, i: int) -> Vcpu:
+        assert self.vm is not None
+        v = self.vm.create_vcpu(i)
+        sregs = v.get_sregs()
+        x86.setup_long_mode(sregs, self.pt.pml4)
+        v.set_sregs(sregs)
+        v.set_regs(rip=self.image.entry, rsp=self.low_size - i * STACK_SIZE, rdi=i, rflags=0x2)
+        return v
+
+    @property
+    def vcpus(self) -> list[Vcpu]:
+        return [s.vcpu for s in self.states]
+
+    def add_memory(self, gpa: int, size: int, backing: str = "anon", *, slot: int | None = None,
+                   map_in_guest: bool = True, page_size: int = x86.PAGE, gmem: GuestMemfd | None = None,
+                   gmem_offset: int = 0, gmem_flags: GuestMemfdFlag | int | None = None,
+                   readonly: bool = False, shared_backing: str = "anon") -> TestMemory:
+        """Add a memslot of test memory and map it in the guest (GVA == GPA).
+
+        backing: anon, memfd, thp, hugetlb (host memory); gmem (guest_memfd for the private
+        half plus ``shared_backing`` host memory for the shared half); gmem-mmap (guest_memfd
+        with MMAP|INIT_SHARED, its own mapping as the shared half). ``gmem`` reuses an
+        existing guest_memfd at ``gmem_offset`` (several slots over one file).
+        """
+        assert self.vm is not None
+        if backing not in BACKINGS:
+            raise ValueError(f"backing {backing!r}: choose one of {', '.join(BACKINGS)}")
+        slot = self._next_slot if slot is None else slot
+        self._next_slot = max(self._next_slot, slot + 1)
+        host: HostMemory | None = None
+        owns = gmem is None
+        flags = MemslotFlag.READONLY if readonly else MemslotFlag(0)
+        try:
+            if backing in ("gmem", "gmem-mmap"):
+                if gmem is None:
+                    gf = gmem_flags if gmem_flags is not None else (
+                        GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED if backing == "gmem-mmap" else 0)
+                    gmem = self.vm.create_guest_memfd(size, gf)
+                if backing == "gmem-mmap":
+                    host = gmem.mmap(size, gmem_offset)  # type: ignore[assignment]
+                else:
+                    host = self._host_memory(shared_backing, size)
+                assert host is not None
+                self.vm.set_user_memory_region2(slot, gpa, size, host.addr, flags | MemslotFlag.GUEST_MEMFD,
+                                                gmem, gmem_offset, keep=host)
+            else:
+                host = self._host_memory(backing, size)
+                self.vm.set_user_memory_region2(slot, gpa, size, host.addr, flags, keep=host)
+        except BaseException:
+            if host is not None:
+                host.close()
+            if owns and gmem is not None:
+                gmem.close()
+            raise
+        tm = TestMemory(gpa, size, slot, backing, host, gmem, gmem_offset, owns)
+        self.regions.append(tm)
+        if map_in_guest:
+            self.pt.map(gpa, gpa, size, page_size)
+        return tm
+
+    @staticmethod
+    def _host_memory(backing: str, size: int) -> HostMemory:
+        if backing == "anon":
+            return _memory.anonymous(size)
+        if backing == "thp":
+            return _memory.anonymous(size, thp=True)
+        if backing == "hugetlb":
+            return _memory.anonymous(size, hugetlb=True)
+        if backing == "memfd":
+            return _memory.memfd(size)
+        raise ValueError(f"host backing {backing!r}: choose anon, thp, hugetlb or memfd")
+
+    def delete_memory(self, tm: TestMemory) -> None:
+        """Delete the memslot (the guest's next access to it is an MMIO exit or memory fault)."""
+        assert self.vm is not None
+        self.vm.delete_memslot(tm.slot)
+
+    # -- guest globals -----------------------------------------------------
+    def _sym_bytes(self, name: str) -> tuple[int, int]:
+        s = self.image.symbol(name)
+        return s.addr, s.size or 8
+
+    def set_param(self, name: str, value: int) -> None:
+        """Write a guest global (an unsigned integer of its symbol's size) by name."""
+        addr, size = self._sym_bytes(name)
+        self._lowmem.write(addr, int(value).to_bytes(size, "little", signed=value < 0))
+
+    def get_param(self, name: str) -> int:
+        addr, size = self._sym_bytes(name)
+        return int.from_bytes(self._lowmem.read(addr, size), "little")
+
+    def read_gva(self, gva: int, n: int) -> bytes:
+        """Read guest memory at a GVA (== GPA) from low memory or a test region's shared view."""
+        if gva + n <= self.low_size:
+            return self._lowmem.read(gva, n)
+        for r in self.regions:
+            if r.gpa <= gva and gva + n <= r.gpa + r.size and r.host is not None:
+                return r.read(gva - r.gpa, n)
+        raise ValueError(f"guest address {gva:#x}+{n:#x} is not in memory the host can read")
+
+    def read_string(self, gva: int, limit: int = 512) -> str:
+        try:
+            raw = self.read_gva(gva, min(limit, self.low_size - gva) if gva < self.low_size else limit)
+        except ValueError:
+            return f"<string at {gva:#x} unreadable>"
+        return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+    # -- running -----------------------------------------------------------
+    def run(self, on_sync: Callable[[Vcpu, tuple[int, ...]], Any] | None = None,
+            on_exit: Callable[[Vcpu, Exit], bool] | None = None, timeout: float | None = None) -> RunResult:
+        """Run every vCPU until it reaches GUEST_DONE.
+
+        on_sync(vcpu, args): called for each GUEST_SYNC (args[0] is the stage).
+        on_exit(vcpu, exit): called for exits other than ucalls; return True to keep running.
+        timeout: seconds a vCPU may stay in KVM_RUN without exiting before the watchdog
+        kicks it and the run fails with GuestHang (default: the TestVm's timeout).
+        """
+        tmo = self.timeout if timeout is None else timeout
+        install_kick_handler_or_explain()
+        result = RunResult()
+        for s in self.states:
+            s.error, s.kicked, s.syncs = None, False, 0
+        stop = threading.Event()
+        dog = threading.Thread(target=self._watchdog, args=(tmo, stop), name="kvmffi-watchdog", daemon=True)
+        t0 = time.monotonic()
+        dog.start()
+        try:
+            if len(self.states) == 1:
+                self._loop(self.states[0], on_sync, on_exit, result)
+            else:
+                for s in self.states:
+                    s.thread = threading.Thread(target=self._thread_loop, args=(s, on_sync, on_exit, result),
+                                                name=f"kvmffi-vcpu{s.vcpu.id}", daemon=True)
+                    s.thread.start()
+                for s in self.states:
+                    assert s.thread is not None
+                    while s.thread.is_alive():
+                        s.thread.join(0.1)
+                    s.thread = None
+        finally:
+            stop.set()
+            dog.join()
+            result.seconds = time.monotonic() - t0
+        for s in self.states:
+            result.syncs[s.vcpu.id] = s.syncs
+        errors = [s.error for s in self.states if s.error is not None]
+        if errors:
+            raise errors[0]
+        return result
+
+    def _thread_loop(self, s: _VcpuState, on_sync: Any, on_exit: Any, result: RunResult) -> None:
+        try:
+            self._loop(s, on_sync, on_exit, result)
+        except BaseException as e:
+            s.error = e
+            for other in self.states:  # stop the others: one failure fails the run
+                if other is not s and other.error is None:
+                    other.error = _Stopped(f"vCPU {other.vcpu.id} stopped: vCPU {s.vcpu.id} failed")
+                    self._kick(other)
+
+    def _loop(self, s: _VcpuState, on_sync: Any, on_exit: Any, result: RunResult) -> None:
+        vcpu = s.vcpu
+        low = self.low
+        assert low is not None
+        low_size = self.low_size
+        unpack = _ucall.unpack_from
+        while True:
+            if s.error is not None:
+                raise s.error
+            s.progress += 1
+            s.in_run = True
+            ex = vcpu.run()
+            s.in_run = False
+            if type(ex) is IoExit and ex.port == UCALL_PORT:
+                rdi = vcpu.get_reg("rdi")
+                if rdi + UCALL_SIZE <= low_size:
+                    uc = unpack(low, rdi)
+                else:
+                    uc = _ucall.unpack(self.read_gva(rdi, 64))
+                cmd = uc[0]
+                if cmd == UCALL_SYNC:
+                    s.syncs += 1
+                    if on_sync is not None:
+                        on_sync(vcpu, uc[1:])
+                    continue
+                if cmd == UCALL_DONE:
+                    return
+                self._ucall_slow(vcpu, cmd, uc, rdi, result)
+                continue
+            if type(ex) is IntrExit:
+                if s.kicked:
+                    vcpu.immediate_exit = False
+                    if s.error is not None:
+                        raise s.error
+                    rip = vcpu.get_reg("rip")
+                    raise GuestHang(f"vCPU {vcpu.id} did not exit within {self._tmo_for_msg:.1f} s; "
+                                    f"stopped at rip={rip:#x}{self._where(rip)}")
+                continue
+            if on_exit is not None and on_exit(vcpu, ex):
+                continue
+            raise self._unexpected(vcpu, ex)
+
+    def _ucall_slow(self, vcpu: Vcpu, cmd: int, uc: tuple[int, ...], rdi: int, result: RunResult) -> None:
+        if cmd == UCALL_PRINTF:
+            text = self.read_string(rdi + 64, 256)
+            result.printed.append(text)
+            if self.printf is not None:
+                self.printf(text)
+            else:
+                print(f"guest vCPU {vcpu.id}: {text}", file=sys.stderr)
+            return
+        if cmd == UCALL_ABORT:
+            kind, cond, file, line, a, b = uc[1:7]
+            msg = f"guest assertion failed at {self.read_string(file)}:{line}: {self.read_string(cond)}"
+            if kind in (1, 2):
+                msg += f" ({a:#x} vs {b:#x}; as signed: {_signed(a)} vs {_signed(b)})"
+            raise GuestAssertionError(msg)
+        if cmd == UCALL_EXCEPTION:
+            vec, err, rip, cr2, _rsp = uc[1:6]
+            name = x86.VECTOR_NAMES.get(vec, f"vector {vec}")
+            msg = f"guest {name} at rip={rip:#x}{self._where(rip)}"
+            if vec == 14:
+                kind = ("write" if err & 2 else "read") + (", present" if err & 1 else ", not present")
+                msg += f" cr2={cr2:#x} error_code={err:#x} ({kind})"
+            elif err:
+                msg += f" error_code={err:#x}"
+            raise GuestException(msg, vec, err, rip, cr2)
+        raise self._unexpected(vcpu, None, f"unknown ucall {cmd} from the guest")
+
+    def _where(self, rip: int) -> str:
+        fn = self.image.function_at(rip)
+        line = self.image.source_line(rip)
+        parts = [p for p in (fn, line) if p]
+        return f" ({' at '.join(parts)})" if parts else ""
+
+    def _unexpected(self, vcpu: Vcpu, ex: Exit | None, what: str | None = None) -> UnexpectedExit:
+        try:
+            regs = str(vcpu.get_regs())
+            sregs = str(vcpu.get_sregs())
+            rip = vcpu.get_reg("rip")
+        except Exception as e:  # the VM may be dead
+            regs, sregs, rip = f"(registers unavailable: {e})", "", 0
+        assert self.vm is not None
+        head = what or f"unexpected exit {describe(ex)} on vCPU {vcpu.id}"
+        if isinstance(ex, ShutdownExit):
+            head = (f"guest triple fault on vCPU {vcpu.id} (KVM_EXIT_SHUTDOWN): an exception while "
+                    "delivering an exception, e.g. with no usable IDT or stack")
+        if isinstance(ex, IoExit) and ex.direction is IoDirection.IN:
+            head += " (an IN the test does not answer)"
+        msg = (f"{head}\n  at rip={rip:#x}{self._where(rip)}\n  regs: {regs}\n  sregs: {sregs}\n"
+               f"  memslots:\n    " + self.vm.memslot_table().replace("\n", "\n    "))
+        cls = GuestTripleFault if isinstance(ex, ShutdownExit) else UnexpectedExit
+        return cls(msg, ex)  # type: ignore[arg-type]
+
+    # -- watchdog ----------------------------------------------------------
+    _tmo_for_msg = 0.0
+
+    def _watchdog(self, timeout: float, stop: threading.Event) -> None:
+        self._tmo_for_msg = timeout
+        period = min(max(timeout / 8, 0.01), 0.25)
+        seen = {id(s): (s.progress, time.monotonic()) for s in self.states}
+        while not stop.wait(period):
+            now = time.monotonic()
+            for s in self.states:
+                prog, since = seen[id(s)]
+                if s.progress != prog or not s.in_run:
+                    seen[id(s)] = (s.progress, now)
+                elif now - since >= timeout and not s.kicked:
+                    self._kick(s)
+
+    def _kick(self, s: _VcpuState) -> None:
+        s.kicked = True
+        s.vcpu.immediate_exit = True
+        tid = s.thread.ident if s.thread is not None else s.vcpu.thread_id
+        if tid is not None:
+            try:
+                signal.pthread_kill(tid, KICK_SIGNAL)
+            except ProcessLookupError:
+                pass
+
+    # -- teardown ----------------------------------------------------------
+    def close(self) -> None:
+        """Close vCPUs, VM, guest_memfds and mappings. Safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.vm is not None:
+            self.vm.close()
+        for r in self.regions:
+            if r.host is not None:
+                r.host.close()
+            if r.gmem is not None and r.owns_gmem:
+                r.gmem.close()
+        self.regions.clear()
+        if self.low is not None:
+            self.low.close()
+        if self._own_kvm:
+            self.kvm.close()
+
+    def __enter__(self) -> TestVm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Stopped(GuestError):
+    pass
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v & (1 << 63) else v
+
+
+def install_kick_handler_or_explain() -> None:
+    if signal.getsignal(KICK_SIGNAL) not in (signal.SIG_DFL, None, signal.SIG_IGN):
+        return
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("the vCPU watchdog needs its signal handler: call "
+                           "kvmffi.testvm.install_kick_handler() once from the main thread")
+    install_kick_handler()
+
+
+_ = (os, mmap)
