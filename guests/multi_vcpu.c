@@ -11,9 +11,9 @@ void guest_main(void)
 	uint8_t *chunk = (uint8_t *)(test_gpa + id * chunk_size);
 
 	for (uint64_t r = 0; r < rounds; r++) {
-		uint8_t pat = (uint8_t)(0x10 * (id + 1) + r);
-		memset(chunk, pat, chunk_size);
-		GUEST_ASSERT_EQ(guest_check_pattern(chunk, pat, chunk_size), -1);
+		uint64_t pat = 0x0101010101010101ul * (uint8_t)(0x10 * (id + 1) + r);
+		guest_fill_marks(chunk, chunk_size, pat);
+		GUEST_ASSERT_EQ(guest_check_marks(chunk, chunk_size, pat), -1);
 		GUEST_SYNC(id, r);
 	}
 	GUEST_DONE();

@@ -1,11 +1,58 @@
-"""Probes: behaviours of this host found by running something, not by asking a capability."""
+"""Probes: behaviours of this host found by running a guest, not by asking a capability."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from .system import Kvm
+from .uapi import Cap
+
+_cache: dict[str, Any] = {}
+
+HYPERCALL_QUIRK = ("hypercall exits are not delivered on this host: vmcall/vmmcall never leave "
+                   "KVM_RUN (the vCPU spins) even with KVM_CAP_EXIT_HYPERCALL enabled; run hypercall "
+                   "tests in the test kernel (`kvmffi run tests/private`) or on bare metal")
+
+
+def hypercall_exits_delivered(kvm: Kvm, timeout: float = 1.0) -> bool | None:
+    """Does KVM_HC_MAP_GPA_RANGE reach userspace as KVM_EXIT_HYPERCALL? None if it cannot be asked."""
+    key = "hypercall"
+    if key in _cache:
+        return _cache[key]  # type: ignore[no-any-return]
+    from .exits import HypercallExit
+    from .testvm import TEST_GPA, GuestHang, TestVm
+    if not kvm.check_extension(Cap.EXIT_HYPERCALL) & (1 << 12):
+        _cache[key] = None
+        return None
+    got: list[HypercallExit] = []
+
+    def on_exit(vcpu: Any, ex: Any) -> bool:
+        if isinstance(ex, HypercallExit):
+            got.append(ex)
+            ex.set_ret(0)
+            return True
+        return False
+
+    try:
+        with TestVm("scenarios", kvm=kvm, timeout=timeout) as t:
+            assert t.vm is not None
+            t.vm.enable_cap(Cap.EXIT_HYPERCALL, 1 << 12)
+            t.set_param("scenario", 12)
+            t.set_param("test_gpa", TEST_GPA)
+            t.run(on_exit=on_exit)
+        res: bool | None = bool(got)
+    except GuestHang:
+        res = False
+    _cache[key] = res
+    return res
 
 
 def run_probes(kvm: Kvm) -> dict[str, Any]:
-    return {}
+    out: dict[str, Any] = {}
+    try:
+        h = hypercall_exits_delivered(kvm)
+        out["hypercall_exits_delivered"] = {None: "cannot ask (no KVM_CAP_EXIT_HYPERCALL)",
+                                            True: "yes", False: "NO (vCPU spins in KVM_RUN)"}[h]
+    except Exception as e:  # a probe never breaks the report
+        out["hypercall_exits_delivered"] = f"probe failed: {e}"
+    return out

@@ -56,6 +56,8 @@ def pytest_configure(config: pytest.Config) -> None:
     _STATE["strict"] = strict
     _STATE["kvm_path"] = config.getoption("--kvm-path") or config.getini("kvm_path") or "/dev/kvm"
     _STATE["caps"] = None
+    from .testvm import install_kick_handler
+    install_kick_handler()  # the vCPU watchdog's signal; must be installed on the main thread
     config.addinivalue_line("markers", "requires_cap(cap, min=1, vm=False): skip unless KVM reports the "
                             "capability (on /dev/kvm, or with vm=True on a VM of the test's vm_type)")
     config.addinivalue_line("markers", "vm_types(*types): restrict the vm_type parametrization")

@@ -89,6 +89,8 @@ def install_kick_handler() -> None:
 class TestMemory:
     """Test memory at ``gpa``: ``host`` is the shared view (mapping), ``gmem`` the guest_memfd if any."""
 
+    __test__ = False
+
     gpa: int
     size: int
     slot: int
@@ -105,6 +107,27 @@ class TestMemory:
     def write(self, offset: int, data: bytes) -> None:
         assert self.host is not None, f"{self.backing} test memory has no host mapping"
         self.host[offset:offset + len(data)] = data
+
+
+MARK_OFFSETS = (0, 4088)
+
+
+def fill_marks(buf: Any, offset: int, size: int, pattern: int) -> None:
+    """Host side of guest_fill_marks: the first and last 8 bytes of each 4 KiB page."""
+    b = struct.pack("<Q", pattern & 0xFFFFFFFFFFFFFFFF)
+    for page in range(offset, offset + size, 4096):
+        for m in MARK_OFFSETS:
+            buf[page + m:page + m + 8] = b
+
+
+def check_marks(buf: Any, offset: int, size: int, pattern: int) -> int:
+    """Host side of guest_check_marks: the first mismatching offset (relative to ``offset``) or -1."""
+    b = struct.pack("<Q", pattern & 0xFFFFFFFFFFFFFFFF)
+    for page in range(offset, offset + size, 4096):
+        for m in MARK_OFFSETS:
+            if buf[page + m:page + m + 8] != b:
+                return page + m - offset
+    return -1
 
 
 class _LowMemory:
@@ -136,11 +159,13 @@ class RunResult:
     seconds: float = 0.0
 
 
-BACKINGS = ("anon", "memfd", "thp", "hugetlb", "gmem", "gmem-mmap")
+BACKINGS = ("anon", "memfd", "thp", "hugetlb", "gmem", "gmem-mmap", "gmem-only")
 
 
 class TestVm:
     """A VM running one guest program (``guests/<program>.c``) on ``nr_vcpus`` vCPUs."""
+
+    __test__ = False  # not a pytest class
 
     def __init__(self, program: str | Path, *, vm_type: VmType | int = VmType.DEFAULT, nr_vcpus: int = 1,
                  kvm: Kvm | None = None, low_size: int = 8 << 20, timeout: float = 10.0,
@@ -203,8 +228,10 @@ class TestVm:
 
         backing: anon, memfd, thp, hugetlb (host memory); gmem (guest_memfd for the private
         half plus ``shared_backing`` host memory for the shared half); gmem-mmap (guest_memfd
-        with MMAP|INIT_SHARED, its own mapping as the shared half). ``gmem`` reuses an
-        existing guest_memfd at ``gmem_offset`` (several slots over one file).
+        with MMAP|INIT_SHARED, its own mapping as the shared half); gmem-only (the same file,
+        but the memslot's userspace_addr is 0: KVM serves shared faults from the file itself;
+        ``host`` is still a mapping of the file for the test). ``gmem`` reuses an existing
+        guest_memfd at ``gmem_offset`` (several slots over one file).
         """
         assert self.vm is not None
         if backing not in BACKINGS:
@@ -215,17 +242,18 @@ class TestVm:
         owns = gmem is None
         flags = MemslotFlag.READONLY if readonly else MemslotFlag(0)
         try:
-            if backing in ("gmem", "gmem-mmap"):
+            if backing.startswith("gmem"):
                 if gmem is None:
                     gf = gmem_flags if gmem_flags is not None else (
-                        GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED if backing == "gmem-mmap" else 0)
-                    gmem = self.vm.create_guest_memfd(size, gf)
-                if backing == "gmem-mmap":
-                    host = gmem.mmap(size, gmem_offset)  # type: ignore[assignment]
-                else:
+                        0 if backing == "gmem" else GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED)
+                    gmem = self.vm.create_guest_memfd(gmem_offset + size, gf)
+                if backing == "gmem":
                     host = self._host_memory(shared_backing, size)
+                else:
+                    host = gmem.mmap(size, gmem_offset)  # type: ignore[assignment]
                 assert host is not None
-                self.vm.set_user_memory_region2(slot, gpa, size, host.addr, flags | MemslotFlag.GUEST_MEMFD,
+                hva = 0 if backing == "gmem-only" else host.addr
+                self.vm.set_user_memory_region2(slot, gpa, size, hva, flags | MemslotFlag.GUEST_MEMFD,
                                                 gmem, gmem_offset, keep=host)
             else:
                 host = self._host_memory(backing, size)
@@ -404,8 +432,8 @@ class TestVm:
             name = x86.VECTOR_NAMES.get(vec, f"vector {vec}")
             msg = f"guest {name} at rip={rip:#x}{self._where(rip)}"
             if vec == 14:
-                kind = ("write" if err & 2 else "read") + (", present" if err & 1 else ", not present")
-                msg += f" cr2={cr2:#x} error_code={err:#x} ({kind})"
+                pf = ("write" if err & 2 else "read") + (", present" if err & 1 else ", not present")
+                msg += f" cr2={cr2:#x} error_code={err:#x} ({pf})"
             elif err:
                 msg += f" error_code={err:#x}"
             raise GuestException(msg, vec, err, rip, cr2)
@@ -423,7 +451,7 @@ class TestVm:
             sregs = str(vcpu.get_sregs())
             rip = vcpu.get_reg("rip")
         except Exception as e:  # the VM may be dead
-            regs, sregs, rip = f"(registers unavailable: {e})", "", 0
+            regs, sregs, rip = f"(registers unavailable: {e})", "", -1
         assert self.vm is not None
         head = what or f"unexpected exit {describe(ex)} on vCPU {vcpu.id}"
         if isinstance(ex, ShutdownExit):
@@ -431,7 +459,8 @@ class TestVm:
                     "delivering an exception, e.g. with no usable IDT or stack")
         if isinstance(ex, IoExit) and ex.direction is IoDirection.IN:
             head += " (an IN the test does not answer)"
-        msg = (f"{head}\n  at rip={rip:#x}{self._where(rip)}\n  regs: {regs}\n  sregs: {sregs}\n"
+        at = f"rip={rip:#x}{self._where(rip)}" if rip >= 0 else "rip unknown"
+        msg = (f"{head}\n  at {at}\n  regs: {regs}\n  sregs: {sregs}\n"
                f"  memslots:\n    " + self.vm.memslot_table().replace("\n", "\n    "))
         cls = GuestTripleFault if isinstance(ex, ShutdownExit) else UnexpectedExit
         return cls(msg, ex)  # type: ignore[arg-type]

@@ -41,7 +41,22 @@ struct ucall {
 	char buffer[UCALL_BUFFER_LEN];
 };
 
-void ucall(uint64_t cmd, int nargs, ...);
+/* The ucall itself: fill the struct, `in` from UCALL_PORT with RDI = its address.
+ * Inline and loop-free: on hosts that emulate guest instructions every one counts. */
+static inline __attribute__((always_inline)) void
+ucall7(uint64_t cmd, uint64_t a0, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5, uint64_t a6)
+{
+	struct ucall uc;
+	uc.cmd = cmd;
+	uc.args[0] = a0; uc.args[1] = a1; uc.args[2] = a2; uc.args[3] = a3;
+	uc.args[4] = a4; uc.args[5] = a5; uc.args[6] = a6;
+	__asm__ volatile("in %[port], %%al"
+			 : : [port] "d"((uint16_t)UCALL_PORT), "D"(&uc), "m"(uc) : "rax", "memory");
+}
+#define __UCALL7(cmd, a0, a1, a2, a3, a4, a5, a6, ...) \
+	ucall7(cmd, (uint64_t)(a0), (uint64_t)(a1), (uint64_t)(a2), (uint64_t)(a3), \
+	       (uint64_t)(a4), (uint64_t)(a5), (uint64_t)(a6))
+#define ucall(cmd, ...) __UCALL7(cmd, ##__VA_ARGS__, 0, 0, 0, 0, 0, 0, 0, 0)
 void ucall_assert(uint64_t kind, const char *cond, const char *file, uint64_t line, uint64_t a, uint64_t b);
 void guest_printf(const char *fmt, ...);
 __attribute__((noreturn)) void guest_done(void);
@@ -49,10 +64,8 @@ __attribute__((noreturn)) void guest_done(void);
 /* The vCPU's id (RDI at entry), for guests that run on several vCPUs. */
 extern uint64_t guest_vcpu_id(void);
 
-#define __UCALL_NARGS(...) (sizeof((uint64_t[]){__VA_ARGS__}) / sizeof(uint64_t))
-#define GUEST_SYNC(stage, ...) \
-	ucall(UCALL_SYNC, 1 + __UCALL_NARGS(__VA_ARGS__), (uint64_t)(stage), ##__VA_ARGS__)
-#define GUEST_SYNC_ARGS(...) ucall(UCALL_SYNC, __UCALL_NARGS(__VA_ARGS__), __VA_ARGS__)
+/* GUEST_SYNC(stage, up to 6 more values): the host's on_sync gets (stage, values...). */
+#define GUEST_SYNC(stage, ...) ucall(UCALL_SYNC, stage, ##__VA_ARGS__)
 #define GUEST_DONE() guest_done()
 #define GUEST_PRINTF(fmt, ...) guest_printf(fmt, ##__VA_ARGS__)
 
@@ -77,8 +90,13 @@ void *memset(void *s, int c, size_t n);
 void *memcpy(void *d, const void *s, size_t n);
 int memcmp(const void *a, const void *b, size_t n);
 
-/* Fill / check a byte pattern; check returns the first mismatching offset or -1. */
+/* Byte patterns over whole ranges (slow where guest instructions are emulated). */
 int64_t guest_check_pattern(const void *p, uint8_t pattern, size_t n);
+
+/* Page marks: the first and last 8 bytes of every 4 KiB page. Cheap enough for
+ * megabytes of test memory; the host's kvmffi.testvm.fill_marks/check_marks match. */
+void guest_fill_marks(void *p, size_t n, uint64_t pattern);
+int64_t guest_check_marks(const void *p, size_t n, uint64_t pattern);
 
 /* KVM_HC_MAP_GPA_RANGE (12): vmcall or vmmcall by CPU vendor. Returns RAX. */
 #define KVM_HC_MAP_GPA_RANGE 12

@@ -3,22 +3,6 @@
 
 #include <stdarg.h>
 
-void ucall(uint64_t cmd, int nargs, ...)
-{
-	struct ucall uc;
-	va_list ap;
-	int i;
-
-	uc.cmd = cmd;
-	va_start(ap, nargs);
-	for (i = 0; i < UCALL_MAX_ARGS; i++)
-		uc.args[i] = i < nargs ? va_arg(ap, uint64_t) : 0;
-	va_end(ap);
-	uc.buffer[0] = 0;
-	__asm__ volatile("in %[port], %%al"
-			 : : [port] "d"((uint16_t)UCALL_PORT), "D"(&uc) : "rax", "memory");
-}
-
 static void ucall_struct(struct ucall *uc)
 {
 	__asm__ volatile("in %[port], %%al"
@@ -28,20 +12,20 @@ static void ucall_struct(struct ucall *uc)
 void ucall_assert(uint64_t kind, const char *cond, const char *file, uint64_t line, uint64_t a, uint64_t b)
 {
 	for (;;)
-		ucall(UCALL_ABORT, 6, kind, (uint64_t)cond, (uint64_t)file, line, a, b);
+		ucall(UCALL_ABORT, kind, cond, file, line, a, b);
 }
 
 void guest_done(void)
 {
 	for (;;)
-		ucall(UCALL_DONE, 0);
+		ucall(UCALL_DONE);
 }
 
 /* Called by the exception stubs; the host turns it into a Python error. */
 void guest_exception_report(uint64_t vector, uint64_t error_code, uint64_t rip, uint64_t cr2, uint64_t rsp)
 {
 	for (;;)
-		ucall(UCALL_EXCEPTION, 5, vector, error_code, rip, cr2, rsp);
+		ucall(UCALL_EXCEPTION, vector, error_code, rip, cr2, rsp);
 }
 
 void *memset(void *s, int c, size_t n)
@@ -77,6 +61,27 @@ int64_t guest_check_pattern(const void *p, uint8_t pattern, size_t n)
 	for (i = 0; i < n; i++)
 		if (b[i] != pattern)
 			return (int64_t)i;
+	return -1;
+}
+
+void guest_fill_marks(void *p, size_t n, uint64_t pattern)
+{
+	uint8_t *b = p;
+	for (size_t off = 0; off < n; off += 4096) {
+		WRITE_ONCE(*(uint64_t *)(b + off), pattern);
+		WRITE_ONCE(*(uint64_t *)(b + off + 4088), pattern);
+	}
+}
+
+int64_t guest_check_marks(const void *p, size_t n, uint64_t pattern)
+{
+	const uint8_t *b = p;
+	for (size_t off = 0; off < n; off += 4096) {
+		if (READ_ONCE(*(const uint64_t *)(b + off)) != pattern)
+			return (int64_t)off;
+		if (READ_ONCE(*(const uint64_t *)(b + off + 4088)) != pattern)
+			return (int64_t)(off + 4088);
+	}
 	return -1;
 }
 

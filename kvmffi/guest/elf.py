@@ -9,6 +9,7 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.constants import P_FLAGS
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 
 class GuestElfError(ValueError):
@@ -98,7 +99,7 @@ def load(path: str | Path, data: bytes | None = None) -> GuestImage:
             raise GuestElfError(f"{path} has no PT_LOAD segment")
         img = GuestImage(path, elf["e_entry"], segs)
         symtab = elf.get_section_by_name(".symtab")
-        if symtab is not None:
+        if isinstance(symtab, SymbolTableSection):
             for s in symtab.iter_symbols():
                 if s.name and s["st_info"]["type"] in ("STT_OBJECT", "STT_FUNC", "STT_NOTYPE"):
                     img.symbols[s.name] = Symbol(s.name, s["st_value"], s["st_size"])
