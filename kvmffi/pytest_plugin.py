@@ -40,6 +40,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--kvm-path", default=None, help="KVM device node (default /dev/kvm; ini kvm_path)")
     g.addoption("--kvm-no-leak-check", action="store_true", default=False,
                 help="do not fail the session when KVM fds or threads are left open at its end")
+    g.addoption("--ktap", action="store_true", default=False,
+                help="report in KTAP on standard output instead of pytest's own report")
+    g.addoption("--ktap-file", default=None, help="also write a KTAP report to this file")
     parser.addini("kvm_strict", "turn capability skips into failures", type="bool", default=False)
     parser.addini("kvm_path", "KVM device node", default="/dev/kvm")
 
@@ -56,12 +59,18 @@ def pytest_configure(config: pytest.Config) -> None:
     _STATE["strict"] = strict
     _STATE["kvm_path"] = config.getoption("--kvm-path") or config.getini("kvm_path") or "/dev/kvm"
     _STATE["caps"] = None
+    from . import ktap
+    ktap.configure(config)
     from .testvm import install_kick_handler
     install_kick_handler()  # the vCPU watchdog's signal; must be installed on the main thread
     config.addinivalue_line("markers", "requires_cap(cap, min=1, vm=False): skip unless KVM reports the "
                             "capability (on /dev/kvm, or with vm=True on a VM of the test's vm_type)")
     config.addinivalue_line("markers", "vm_types(*types): restrict the vm_type parametrization")
     config.addinivalue_line("markers", "numa: needs two or more NUMA nodes")
+    config.addinivalue_line("markers", "any_vm_type: parametrize vm_type over every creatable type, "
+                            "not only those with guest_memfd")
+    config.addinivalue_line("markers", "private: needs private memory; vm_type goes over the types with "
+                            "KVM_MEMORY_ATTRIBUTE_PRIVATE, and the test skips (fails in strict mode) without one")
 
 
 def host_caps() -> _caps.HostCaps:
@@ -121,9 +130,23 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 # -- parametrization -----------------------------------------------------------
 
-def _creatable_types(h: _caps.HostCaps) -> list[VmType]:
-    types = [VmType(v.value) for v in h.per_vm_type if v.creatable]
-    return types or [VmType.DEFAULT]
+def _creatable_types(h: _caps.HostCaps, need: str = "guest_memfd") -> list[VmType]:
+    """VM types to parametrize over: those the host creates that have what the tests need.
+
+    need: "any" (creatable), "guest_memfd" (KVM_CAP_GUEST_MEMFD on the VM fd), or
+    "private" (KVM_MEMORY_ATTRIBUTE_PRIVATE on the VM fd). Falls back to the first type
+    that fits nothing, so the test runs and its requirement check explains the skip.
+    """
+    ok = [v for v in h.per_vm_type if v.creatable]
+    if need == "guest_memfd":
+        ok = [v for v in ok if v.guest_memfd > 0]
+    elif need == "private":
+        ok = [v for v in ok if v.memory_attributes & 8]
+    types = [VmType(v.value) for v in ok]
+    if types:
+        return types
+    fallback = VmType.SW_PROTECTED if need == "private" else VmType.DEFAULT
+    return [fallback]
 
 
 def _flag_combos(mask: int) -> list[GuestMemfdFlag]:
@@ -140,7 +163,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "vm_type" not in names:
         return
     h = host_caps()
-    types = _creatable_types(h)
+    need = "any" if metafunc.definition.get_closest_marker("any_vm_type") else "guest_memfd"
+    if metafunc.definition.get_closest_marker("private"):
+        need = "private"
+    types = _creatable_types(h, need)
     m = metafunc.definition.get_closest_marker("vm_types")
     if m is not None:
         wanted = [VmType(int(t)) for t in m.args]
@@ -224,7 +250,29 @@ def requires_guest_memfd(vm: Vm) -> None:
     require_cap(Cap.GUEST_MEMFD, vm)
 
 
+def require_private(vm: Vm) -> None:
+    """Skip (fail in strict mode) unless ``vm`` supports KVM_MEMORY_ATTRIBUTE_PRIVATE."""
+    __tracebackhide__ = True
+    require_cap(Cap.MEMORY_ATTRIBUTES, vm, min=1)
+    got = vm.check_extension(Cap.MEMORY_ATTRIBUTES)
+    if not got & 8:
+        skip_missing(missing_cap_reason(Cap.MEMORY_ATTRIBUTES, got, f"a {getattr(vm.type, 'name', vm.type)} VM",
+                                        "KVM_MEMORY_ATTRIBUTE_PRIVATE (0x8)"))
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("private") is not None:
+        callspec = getattr(item, "callspec", None)
+        t = callspec.params.get("vm_type", VmType.SW_PROTECTED) if callspec else VmType.SW_PROTECTED
+        vc = host_caps().vm_type(t)
+        if vc is None or not vc.creatable:
+            h = host_caps()
+            skip_missing(missing_cap_reason(Cap.VM_TYPES, h.vm_types_mask, "/dev/kvm",
+                                            "a VM type with private memory, e.g. KVM_X86_SW_PROTECTED_VM (bit 1)")
+                         if h.kvm_accessible else f"{h.kvm_path} not usable: {h.error}")
+        elif not vc.memory_attributes & 8:
+            skip_missing(missing_cap_reason(Cap.MEMORY_ATTRIBUTES, vc.memory_attributes, f"a {vc.vm_type} VM",
+                                            "KVM_MEMORY_ATTRIBUTE_PRIVATE (0x8)"))
     for m in item.iter_markers("requires_cap"):
         cap = Cap(m.args[0])
         need = int(m.kwargs.get("min", 1))
@@ -282,6 +330,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         msgs.append("threads left running at session end: " + ", ".join(t.name for t in threads))
     tr = cfg.pluginmanager.get_plugin("terminalreporter")
     n = psutil.Process().num_fds()
+    ktap = cfg.pluginmanager.get_plugin("kvmffi-ktap")
+    if ktap is not None and msgs:
+        for m in msgs:
+            ktap.write("# kvmffi: " + m)
     if tr is not None:
         tr.write_line(f"kvmffi leak check: open fds {before_n} at start, {n} at end; "
                       f"{len(leaked)} KVM fds and {len(threads)} threads leaked")

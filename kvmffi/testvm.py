@@ -360,6 +360,23 @@ class TestVm:
             raise errors[0]
         return result
 
+    def run_until_exit(self, on_sync: Callable[[Vcpu, tuple[int, ...]], Any] | None = None,
+                       timeout: float | None = None) -> Exit | None:
+        """Run (one vCPU) handling ucalls; return the first other exit, or None at GUEST_DONE."""
+        if len(self.states) != 1:
+            raise ValueError("run_until_exit drives a single-vCPU TestVm")
+        got: list[Exit] = []
+
+        def on_exit(vcpu: Vcpu, ex: Exit) -> bool:
+            got.append(ex)
+            raise _Stopped("exit")
+
+        try:
+            self.run(on_sync=on_sync, on_exit=on_exit, timeout=timeout)
+        except _Stopped:
+            return got[0]
+        return None
+
     def _thread_loop(self, s: _VcpuState, on_sync: Any, on_exit: Any, result: RunResult) -> None:
         try:
             self._loop(s, on_sync, on_exit, result)

@@ -1,0 +1,204 @@
+"""Boot a test kernel under QEMU with the host's root filesystem (9p, read-only) and run a command.
+
+The host's /, Python and this checkout included, is the guest's root. The command runs in
+the current directory with the same PATH; its output streams back over the serial console
+and its exit status comes back as a marker line. No QEMU process outlives ``boot()``.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..guest.build import cache_dir
+
+BEGIN = "KVMFFI-BEGIN-7d1f"
+EXIT = "KVMFFI-EXIT-7d1f="
+PASS_ENV = ("KVMFFI_", "CI", "PYTEST_ADDOPTS", "TERM")
+
+
+class BootError(RuntimeError):
+    """QEMU or the kernel failed before the command finished; ``console_tail`` shows why."""
+
+    def __init__(self, msg: str, console_tail: list[str], timed_out: bool = False) -> None:
+        tail = "\n".join("    " + line for line in console_tail[-30:])
+        super().__init__(f"{msg}\n  last console lines:\n{tail}" if console_tail else msg)
+        self.console_tail = console_tail
+        self.timed_out = timed_out
+
+
+@dataclass
+class BootResult:
+    returncode: int
+    output: list[str] = field(default_factory=list)
+    boot_seconds: float = 0.0
+    seconds: float = 0.0
+    accel: str = ""
+
+
+def host_has_nested_virt() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split()
+                    return "vmx" in flags or "svm" in flags
+    except OSError:
+        pass
+    return False
+
+
+def choose_accel(accel: str = "auto") -> str:
+    if accel != "auto":
+        return accel
+    return "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) and host_has_nested_virt() else "tcg"
+
+
+def _init_script(command: list[str], cwd: str, env: dict[str, str], out_dir: Path) -> str:
+    exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items())
+    return f"""#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+mkdir -p /dev/shm /dev/hugepages && mount -t tmpfs shm /dev/shm
+mount -t hugetlbfs none /dev/hugepages 2>/dev/null
+mount -t debugfs none /sys/kernel/debug 2>/dev/null
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 kvmffiout {shlex.quote(str(out_dir))}
+echo 64 > /proc/sys/vm/nr_hugepages 2>/dev/null
+{exports}
+cd {shlex.quote(cwd)} || echo "kvmffi: cannot cd to {cwd} in the test kernel"
+echo {BEGIN}
+{" ".join(shlex.quote(c) for c in command)} < /dev/null 2>&1
+echo {EXIT}$?
+sync
+echo o > /proc/sysrq-trigger
+sleep 30
+"""
+
+
+def boot(kernel: Path | str, command: list[str], *, cpus: int = 2, memory: str = "2G", timeout: float = 600.0,
+         accel: str = "auto", cwd: str | None = None, extra_append: str = "", qemu: str = "qemu-system-x86_64",
+         echo: Callable[[str], None] | None = None, env: dict[str, str] | None = None) -> BootResult:
+    """Boot ``kernel`` and run ``command`` inside; returns its exit status and output lines.
+
+    Raises BootError if QEMU cannot start, the kernel dies, or ``timeout`` passes first.
+    ``echo`` receives each output line as it arrives (e.g. print).
+    """
+    kernel = Path(kernel)
+    if not kernel.exists():
+        raise BootError(f"no kernel image at {kernel}: build one with `kvmffi kernel build`", [])
+    if shutil.which(qemu) is None:
+        raise BootError(f"{qemu} not found: apt-get install qemu-system-x86", [])
+    accel = choose_accel(accel)
+    cwd = cwd or os.getcwd()
+    boot_dir = cache_dir() / "boot" / uuid.uuid4().hex[:12]
+    out_dir = boot_dir / "out"
+    out_dir.mkdir(parents=True)
+    genv = {"PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin", "HOME": "/tmp",
+            "PYTHONDONTWRITEBYTECODE": "1", "KVMFFI_CACHE": str(cache_dir()), "KVMFFI_IN_TEST_KERNEL": "1",
+            "KVMFFI_OUT": str(out_dir), "LANG": "C.UTF-8"}
+    for k, v in os.environ.items():
+        if k.startswith(PASS_ENV) and k not in genv:
+            genv[k] = v
+    genv.update(env or {})
+    init = boot_dir / "init"
+    init.write_text(_init_script(command, cwd, genv, out_dir))
+    init.chmod(0o755)
+    cpu = "host" if accel == "kvm" else "max"
+    append = ("console=ttyS0 root=root rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize=262144,cache=loose "
+              f"ro init={init} panic=-1 quiet loglevel=3 kvm_amd.nested=1 kvm_amd.npt=1 kvm_intel.nested=1 {extra_append}")
+    argv = [qemu, "-accel", accel, "-M", "pc", "-cpu", cpu, "-smp", str(cpus), "-m", memory, "-nographic",
+            "-no-reboot", "-nodefaults", "-serial", "stdio", "-kernel", str(kernel), "-append", append,
+            "-virtfs", "local,path=/,mount_tag=root,security_model=none,readonly=on,multidevs=remap",
+            "-virtfs", f"local,path={out_dir},mount_tag=kvmffiout,security_model=none"]
+    t0 = time.monotonic()
+    lines: queue.Queue[str | None] = queue.Queue()
+    console: list[str] = []
+    result = BootResult(returncode=-1, accel=accel)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            lines.put(raw.decode(errors="replace").replace("\r", "").rstrip("\n"))
+        lines.put(None)
+
+    rt = threading.Thread(target=reader, name="kvmffi-qemu-console", daemon=True)
+    rt.start()
+    started = False
+    exit_code: int | None = None
+    try:
+        deadline = t0 + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BootError(f"timed out after {timeout:.0f} s "
+                                f"({'while running the command' if started else 'while booting'})", console,
+                                timed_out=True)
+            try:
+                line = lines.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            if not started:
+                i = line.find(BEGIN)
+                if i >= 0:
+                    started = True
+                    result.boot_seconds = time.monotonic() - t0
+                else:
+                    console.append(line)
+                    del console[:-200]
+                continue
+            if line.startswith(EXIT):
+                exit_code = int(line[len(EXIT):].strip() or "255")
+                continue
+            if exit_code is not None:
+                continue  # shutdown noise
+            result.output.append(line)
+            console.append(line)
+            del console[:-200]
+            if echo is not None:
+                echo(line)
+        proc.wait(timeout=30)
+    finally:
+        _kill(proc)
+        rt.join(timeout=10)
+        shutil.rmtree(boot_dir, ignore_errors=True)
+    result.seconds = time.monotonic() - t0
+    if exit_code is None:
+        what = "the kernel stopped before the command finished" if started else "the kernel did not boot to the command"
+        raise BootError(f"{what} (QEMU exit {proc.returncode})", console)
+    result.returncode = exit_code
+    return result
+
+
+def _kill(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+_ = sys
