@@ -102,6 +102,21 @@ ffi.cdef(
         uint64_t interrupt_bitmap[4];
     };
 
+    /* --- CPUID ------------------------------------------------------------ */
+    struct kvm_cpuid_entry2 {                     /* 40 bytes */
+        uint32_t function;
+        uint32_t index;
+        uint32_t flags;
+        uint32_t eax, ebx, ecx, edx;
+        uint32_t padding[3];
+    };
+
+    struct kvm_cpuid2 {                           /* 8 bytes + nent entries */
+        uint32_t nent;
+        uint32_t padding;
+        struct kvm_cpuid_entry2 entries[];
+    };
+
     /* --- struct kvm_run: the exits this project decodes ------------------ */
     struct kvm_run_io {
         uint8_t  direction;
@@ -184,6 +199,7 @@ ffi.cdef(
     int ioctl(int fd, unsigned long request, ...);
     int fallocate(int fd, int mode, int64_t offset, int64_t len);
     long syscall(long number, ...);
+    int prctl(int option, ...);
     void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset);
     int munmap(void *addr, size_t length);
     """
@@ -225,6 +241,7 @@ KVM_GET_API_VERSION = _IO(0x00)
 KVM_CREATE_VM = _IO(0x01)  # arg: VM type
 KVM_CHECK_EXTENSION = _IO(0x03)  # also a VM ioctl with KVM_CAP_CHECK_EXTENSION_VM
 KVM_GET_VCPU_MMAP_SIZE = _IO(0x04)
+KVM_GET_SUPPORTED_CPUID = _IOWR(0x05, "struct kvm_cpuid2")
 # VM ioctls
 KVM_CREATE_VCPU = _IO(0x41)
 KVM_SET_USER_MEMORY_REGION = _IOW(0x46, "struct kvm_userspace_memory_region")
@@ -238,6 +255,7 @@ KVM_GET_REGS = _IOR(0x81, "struct kvm_regs")
 KVM_SET_REGS = _IOW(0x82, "struct kvm_regs")
 KVM_GET_SREGS = _IOR(0x83, "struct kvm_sregs")
 KVM_SET_SREGS = _IOW(0x84, "struct kvm_sregs")
+KVM_SET_CPUID2 = _IOW(0x90, "struct kvm_cpuid2")
 KVM_PRE_FAULT_MEMORY = _IOWR(0xD5, "struct kvm_pre_fault_memory")  # KVM_CAP_PRE_FAULT_MEMORY
 
 IOCTL_NAMES = {v: k for k, v in dict(globals()).items() if k.startswith("KVM_") and isinstance(v, int) and k != "KVMIO"}
@@ -265,6 +283,43 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> int:
     """fallocate(2); returns 0 or the errno (offset and length may be any int64)."""
     ret = _libc.fallocate(fd, mode, offset, length)
     return ffi.errno if ret < 0 else 0
+
+
+CPUID_FIELDS = ("function", "index", "flags", "eax", "ebx", "ecx", "edx")
+
+
+def get_supported_cpuid(fd: int) -> tuple[list[tuple[int, ...]], int]:
+    """KVM_GET_SUPPORTED_CPUID: (entries as tuples of CPUID_FIELDS, errno)."""
+    n = 128
+    while True:
+        buf = ffi.new("char[]", 8 + 40 * n)
+        c = ffi.cast("struct kvm_cpuid2 *", buf)
+        c.nent = n
+        ret = _ioctl(fd, KVM_GET_SUPPORTED_CPUID, c)
+        if ret < 0:
+            err = ffi.errno
+            if err == 7 and n < 4096:  # E2BIG: more entries than asked for
+                n *= 2
+                continue
+            return [], err
+        return [tuple(getattr(c.entries[i], f) for f in CPUID_FIELDS) for i in range(c.nent)], 0
+
+
+def set_cpuid2(fd: int, entries: list[tuple[int, ...]]) -> int:
+    """KVM_SET_CPUID2; returns 0 or the errno."""
+    buf = ffi.new("char[]", 8 + 40 * len(entries))
+    c = ffi.cast("struct kvm_cpuid2 *", buf)
+    c.nent = len(entries)
+    for i, e in enumerate(entries):
+        for f, v in zip(CPUID_FIELDS, e):
+            setattr(c.entries[i], f, v)
+    ret = _ioctl(fd, KVM_SET_CPUID2, c)
+    return ffi.errno if ret < 0 else 0
+
+
+def die_with_parent() -> None:
+    """prctl(PR_SET_PDEATHSIG, SIGKILL): for child processes that must not outlive us."""
+    _libc.prctl(1, ffi.cast("unsigned long", 9))
 
 
 def syscall_nodemask(nr: int, addr: int, length: int, mode: int, nodemask: int, flags: int) -> int:

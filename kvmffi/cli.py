@@ -69,6 +69,147 @@ def cmd_vm(args: argparse.Namespace) -> int:
     return r.returncode
 
 
+def _plan_tiers(args: argparse.Namespace) -> tuple[list[tuple[str, list[str], str | None]], list[str]]:
+    """Which tiers to run and where: [(name, selection, kernel or None)], and notes on tiers left out."""
+    from .caps import snapshot
+    from .runner import project_root
+    root = project_root()
+    kernel = args.kernel
+    if getattr(args, "tree", None):
+        from pathlib import Path
+
+        from .testkernel import build_kernel
+        kernel = str(build_kernel(Path(args.tree), quiet=args.quiet))
+    if args.selection:
+        return [("selection", list(args.selection), kernel)], []
+    if kernel:
+        return [("host tier", ["tests/host"], kernel), ("private tier", ["tests/private"], kernel)], []
+    h = snapshot()
+    tiers: list[tuple[str, list[str], str | None]] = []
+    notes = []
+    if h.kvm_accessible and h.system.get("GUEST_MEMFD", 0) > 0:
+        tiers.append(("host tier", ["tests/host"], None))
+    else:
+        notes.append("host tier not run: " + (f"{h.kvm_path} not usable: {h.error}" if not h.kvm_accessible
+                                                else "KVM_CAP_GUEST_MEMFD is 0 on this kernel (needs Linux >= 6.8)"))
+    if any(v.memory_attributes & 8 for v in h.per_vm_type):
+        tiers.append(("private tier", ["tests/private"], None))
+    else:
+        import shutil
+        if shutil.which("qemu-system-x86_64") and (root / "kvmffi" / "testkernel").is_dir():
+            try:
+                from .testkernel import build_kernel
+                tiers.append(("private tier", ["tests/private"], str(build_kernel(None, quiet=args.quiet))))
+                notes.append("private tier runs in the test kernel: this host has no VM type with private memory "
+                             f"(KVM_CAP_VM_TYPES={h.vm_types_mask:#x}, KVM_CAP_MEMORY_ATTRIBUTES="
+                             f"{h.system.get('MEMORY_ATTRIBUTES', 0):#x})")
+            except Exception as e:
+                notes.append(f"private tier not run: the test kernel could not be built: {e}")
+        else:
+            notes.append("private tier not run: no private memory on this host and no qemu-system-x86_64 "
+                         "(apt-get install qemu-system-x86) to boot the test kernel")
+    return tiers, notes
+
+
+def _run_tiers(args: argparse.Namespace, strict: bool) -> tuple[list, list[str]]:  # type: ignore[type-arg]
+    from .runner import run_tier
+    tiers, notes = _plan_tiers(args)
+    err = sys.stderr
+    for n in notes:
+        print(f"kvmffi: {n}", file=err)
+    results = []
+    fmt = getattr(args, "format", "pretty")
+    nested = fmt == "ktap" and len(tiers) > 1
+    if nested:
+        print("KTAP version 1")
+        print(f"1..{len(tiers)}")
+    for i, (name, sel, kernel) in enumerate(tiers, 1):
+        junit = getattr(args, "junit_xml", None)
+        if junit and len(tiers) > 1:
+            base, dot, ext = junit.rpartition(".")
+            junit = f"{base}-{name.split()[0]}.{ext}" if dot else f"{junit}-{name.split()[0]}"
+        print(f"kvmffi: {name}: {' '.join(sel)}" + (f" -k {args.k!r}" if args.k else "")
+              + (f" in test kernel {kernel}" if kernel else " on this host"), file=err, flush=True)
+        if nested:
+            echo = (lambda line: print("    " + line if line else "", flush=True))
+        elif fmt == "ktap":
+            echo = (lambda line: print(line, flush=True) if _is_ktap(line) else print(line, file=err, flush=True))
+        else:
+            echo = (lambda line: print(line, flush=True))
+        r = run_tier(name, sel, keyword=args.k, fmt=fmt, junit=junit, strict=strict, kernel=kernel, echo=echo,
+                     timeout=args.timeout)
+        results.append(r)
+        if nested:
+            print(("ok" if r.ksft != 1 else "not ok") + f" {i} {name.replace(' ', '_')}"
+                  + (" # SKIP nothing ran" if r.ksft == 4 else ""), flush=True)
+    for r in results:
+        print(f"kvmffi: {r.summary()}", file=err)
+    return results, notes
+
+
+def _is_ktap(line: str) -> bool:
+    return line.startswith(("TAP version", "KTAP version", "1..", "ok ", "not ok ", "# ", "    "))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import KSFT_FAIL, KSFT_PASS, KSFT_SKIP
+    try:
+        results, _ = _run_tiers(args, args.strict)
+    except Exception as e:
+        print(f"kvmffi run: {e}", file=sys.stderr)
+        return 2
+    if not results:
+        print("kvmffi run: no tier can run on this host (see above)", file=sys.stderr)
+        return KSFT_SKIP
+    codes = [r.ksft for r in results]
+    if KSFT_FAIL in codes:
+        return KSFT_FAIL
+    return KSFT_PASS if KSFT_PASS in codes else KSFT_SKIP
+
+
+def cmd_bisect(args: argparse.Namespace) -> int:
+    """For `git bisect run`: 0 good, 1 bad, 125 cannot test. Never anything else."""
+    from .runner import BISECT_BAD, BISECT_GOOD, BISECT_SKIP, KSFT_FAIL, KSFT_PASS
+    args.format = "pretty"
+    args.junit_xml = None
+    try:
+        if not args.selection and not args.k:
+            print("kvmffi bisect: name what to test (a path and/or -k EXPR): 125", file=sys.stderr)
+            return BISECT_SKIP
+        results, _ = _run_tiers(args, strict=False)
+        r = results[0] if results else None
+        if r is None:
+            verdict, why = BISECT_SKIP, "nothing could run"
+        elif r.infra_error:
+            verdict, why = BISECT_SKIP, f"infrastructure: {r.infra_error.splitlines()[0]}"
+        elif not r.totals or sum(r.totals.values()) == 0:
+            verdict, why = BISECT_SKIP, "no test was selected"
+        elif r.ksft == KSFT_FAIL:
+            verdict, why = BISECT_BAD, f"{r.totals['fail'] + r.totals['error']} failed: " + ", ".join(r.fail_names[:3])
+        elif r.ksft == KSFT_PASS:
+            verdict, why = BISECT_GOOD, f"{r.totals['pass']} passed"
+        else:
+            reason = r.skip_reasons[0] if r.skip_reasons else "every selected test skipped"
+            verdict, why = BISECT_SKIP, f"all {r.totals['skip']} selected tests skipped: {reason}"
+    except KeyboardInterrupt as e:
+        verdict, why = BISECT_SKIP, f"interrupted ({e or 'SIGINT'})"
+    except BaseException as e:  # build failure, boot failure, anything: cannot test this commit
+        verdict, why = BISECT_SKIP, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    name = {BISECT_GOOD: "good", BISECT_BAD: "bad", BISECT_SKIP: "skip (cannot test)"}[verdict]
+    print(f"kvmffi bisect: {name}, exit {verdict}: {why}", file=sys.stderr)
+    return verdict
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("selection", nargs="*", help="pytest paths / node ids (default: every tier this host can run)")
+    p.add_argument("-k", default=None, metavar="EXPR", help="pytest -k expression")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--kernel", help="run inside this bzImage under QEMU")
+    g.add_argument("--tree", help="build this kernel source tree with the fragment and run inside it")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per tier in the test kernel")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress for kernel builds")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kvmffi", description="KVM guest_memfd / private-memory test harness")
     from . import __version__
@@ -89,6 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
     kb.add_argument("-q", "--quiet", action="store_true")
     kb.set_defaults(fn=cmd_kernel_build)
 
+    r = sub.add_parser("run", help="run the suites (this host, or a test kernel) with KTAP/JUnit/pytest output")
+    _add_run_args(r)
+    r.add_argument("--format", choices=["pretty", "ktap", "junit"], default="pretty")
+    r.add_argument("--junit-xml", metavar="FILE", help="also write JUnit XML (one file per tier)")
+    r.add_argument("--strict", action="store_true", help="a capability skip is a failure")
+    r.set_defaults(fn=cmd_run)
+
+    b = sub.add_parser("bisect", help="for `git bisect run`: 0 good, 1 bad, 125 cannot test")
+    _add_run_args(b)
+    b.set_defaults(fn=cmd_bisect)
+
     v = sub.add_parser("vm", help="boot the test kernel under QEMU and run a command inside")
     v.add_argument("--kernel", help="bzImage (default: the cached test kernel, built if missing)")
     v.add_argument("--cpus", type=int, default=2)
@@ -102,13 +254,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminate(signum: int, frame: object) -> None:
+    import signal
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
     args = build_parser().parse_args(argv)
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so QEMU and VMs are cleaned up
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
     try:
         return int(args.fn(args))
-    except KeyboardInterrupt:
-        print("kvmffi: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"kvmffi: interrupted ({e or 'SIGINT'})", file=sys.stderr)
+        return 125 if args.fn is cmd_bisect else 130
 
 
 if __name__ == "__main__":

@@ -106,9 +106,9 @@ def configure(config: pytest.Config) -> None:
     path = config.getoption("--ktap-file")
     if not (to_stdout or path):
         return
-    if path:
-        out: IO[str] = open(path, "w")
-    else:
+    if to_stdout:
         # a dup of the real stdout: pytest's capture cannot swallow it
-        out = os.fdopen(os.dup(1), "w")
-    config.pluginmanager.register(KtapReporter(out, replace_terminal=not path), "kvmffi-ktap")
+        config.pluginmanager.register(KtapReporter(os.fdopen(os.dup(1), "w"), replace_terminal=True), "kvmffi-ktap")
+    if path:
+        name = "kvmffi-ktap-file" if to_stdout else "kvmffi-ktap"
+        config.pluginmanager.register(KtapReporter(open(path, "w")), name)

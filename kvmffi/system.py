@@ -62,6 +62,14 @@ class Kvm(FdOwner):
         """KVM_GET_VCPU_MMAP_SIZE: bytes to mmap from a vCPU fd (kvm_run and what follows)."""
         return self._ioctl("KVM_GET_VCPU_MMAP_SIZE", _ffi.KVM_GET_VCPU_MMAP_SIZE)
 
+    @cached_property
+    def supported_cpuid(self) -> list[tuple[int, ...]]:
+        """KVM_GET_SUPPORTED_CPUID: entries (function, index, flags, eax, ebx, ecx, edx)."""
+        entries, err = _ffi.get_supported_cpuid(self.fileno())
+        if err:
+            raise KvmError("KVM_GET_SUPPORTED_CPUID", err)
+        return entries
+
     def vm_types(self) -> list[VmType | int]:
         """VM types this host can create, from the KVM_CAP_VM_TYPES bitmap (DEFAULT if absent)."""
         mask = self.check_extension(Cap.VM_TYPES) or 1

@@ -210,6 +210,7 @@ class TestVm:
     def _setup_vcpu(self, i: int) -> Vcpu:
         assert self.vm is not None
         v = self.vm.create_vcpu(i)
+        v.set_cpuid2(self.kvm.supported_cpuid)
         sregs = v.get_sregs()
         x86.setup_long_mode(sregs, self.pt.pml4)
         v.set_sregs(sregs)

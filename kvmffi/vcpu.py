@@ -244,6 +244,14 @@ class Vcpu(FdOwner):
             p.interrupt_bitmap[i] = v
         self._ioctl_ptr("KVM_SET_SREGS", _ffi.KVM_SET_SREGS, p)
 
+    def set_cpuid2(self, entries: list[tuple[int, ...]]) -> None:
+        """KVM_SET_CPUID2 with (function, index, flags, eax, ebx, ecx, edx) entries,
+        e.g. ``vcpu.set_cpuid2(vm.kvm.supported_cpuid)``. KVM checks long mode and CR4
+        bits against these, so set them before the special registers."""
+        err = _ffi.set_cpuid2(self.fileno(), entries)
+        if err:
+            raise self.vm._error("KVM_SET_CPUID2", err, {"vcpu": self.id, "nent": len(entries)})
+
     # -- pre-fault ----------------------------------------------------------
     def pre_fault_memory(self, gpa: int, size: int, flags: int = 0) -> tuple[int, int]:
         """KVM_PRE_FAULT_MEMORY (KVM_CAP_PRE_FAULT_MEMORY) once.

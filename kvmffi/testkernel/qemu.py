@@ -91,11 +91,14 @@ sleep 30
 
 def boot(kernel: Path | str, command: list[str], *, cpus: int = 2, memory: str = "2G", timeout: float = 600.0,
          accel: str = "auto", cwd: str | None = None, extra_append: str = "", qemu: str = "qemu-system-x86_64",
-         echo: Callable[[str], None] | None = None, env: dict[str, str] | None = None) -> BootResult:
+         echo: Callable[[str], None] | None = None, env: dict[str, str] | None = None,
+         results_dir: Path | None = None) -> BootResult:
     """Boot ``kernel`` and run ``command`` inside; returns its exit status and output lines.
 
     Raises BootError if QEMU cannot start, the kernel dies, or ``timeout`` passes first.
-    ``echo`` receives each output line as it arrives (e.g. print).
+    ``echo`` receives each output line as it arrives (e.g. print). The guest can write
+    files into a writable directory: ``{out}`` in ``command`` (and $KVMFFI_OUT) names it;
+    with ``results_dir`` they are copied there afterwards.
     """
     kernel = Path(kernel)
     if not kernel.exists():
@@ -114,6 +117,7 @@ def boot(kernel: Path | str, command: list[str], *, cpus: int = 2, memory: str =
         if k.startswith(PASS_ENV) and k not in genv:
             genv[k] = v
     genv.update(env or {})
+    command = [c.replace("{out}", str(out_dir)) for c in command]
     init = boot_dir / "init"
     init.write_text(_init_script(command, cwd, genv, out_dir))
     init.chmod(0o755)
@@ -128,8 +132,9 @@ def boot(kernel: Path | str, command: list[str], *, cpus: int = 2, memory: str =
     lines: queue.Queue[str | None] = queue.Queue()
     console: list[str] = []
     result = BootResult(returncode=-1, accel=accel)
+    from .._ffi import die_with_parent
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=die_with_parent)
 
     def reader() -> None:
         assert proc.stdout is not None
@@ -178,6 +183,11 @@ def boot(kernel: Path | str, command: list[str], *, cpus: int = 2, memory: str =
     finally:
         _kill(proc)
         rt.join(timeout=10)
+        if results_dir is not None:
+            results_dir.mkdir(parents=True, exist_ok=True)
+            for f in out_dir.iterdir():
+                if f.is_file():
+                    shutil.copy(f, results_dir / f.name)
         shutil.rmtree(boot_dir, ignore_errors=True)
     result.seconds = time.monotonic() - t0
     if exit_code is None:

@@ -21,6 +21,8 @@ SIZES = {
     "struct kvm_run_memory_fault": 24,
     "struct kvm_run_internal": 136,
     "struct kvm_run_system_event": 136,
+    "struct kvm_cpuid_entry2": 40,
+    "struct kvm_cpuid2": 8,
 }
 
 
@@ -98,6 +100,8 @@ IOCTLS = {
     "KVM_CREATE_GUEST_MEMFD": 0xC040AED4,
     "KVM_SET_MEMORY_ATTRIBUTES": 0x4020AED2,
     "KVM_PRE_FAULT_MEMORY": 0xC040AED5,
+    "KVM_GET_SUPPORTED_CPUID": 0xC008AE05,
+    "KVM_SET_CPUID2": 0x4008AE90,
     "KVM_ENABLE_CAP": 0x4068AEA3,
     "KVM_GET_REGS": 0x8090AE81,
     "KVM_SET_REGS": 0x4090AE82,

@@ -1,0 +1,137 @@
+"""Run the suites on this host or inside a test kernel, and turn the results into exit codes.
+
+kselftest exit codes for `kvmffi run`: 0 pass, 1 fail, 4 skip (nothing passed, nothing failed).
+`git bisect run` codes for `kvmffi bisect`: 0 good, 1 bad, 125 cannot test; never 128-255.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KSFT_PASS, KSFT_FAIL, KSFT_SKIP = 0, 1, 4
+BISECT_GOOD, BISECT_BAD, BISECT_SKIP = 0, 1, 125
+
+TOTALS = re.compile(r"# Totals: pass:(\d+) fail:(\d+) xfail:(\d+) xpass:(\d+) skip:(\d+) error:(\d+)")
+
+
+def project_root() -> Path:
+    """The checkout this package runs from (its tests/ live there)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "tests").is_dir():
+        raise FileNotFoundError(f"no tests/ next to {Path(__file__).parent}: run kvmffi from a checkout "
+                                "installed with `pip install -e .`")
+    return root
+
+
+@dataclass
+class TierResult:
+    name: str
+    where: str
+    pytest_rc: int = -1
+    totals: dict[str, int] = field(default_factory=dict)
+    skip_reasons: list[str] = field(default_factory=list)
+    fail_names: list[str] = field(default_factory=list)
+    infra_error: str = ""
+
+    @property
+    def ksft(self) -> int:
+        t = self.totals
+        if self.infra_error or not t:
+            return KSFT_FAIL
+        if t["fail"] or t["error"] or t["xpass"]:
+            return KSFT_FAIL
+        if t["pass"]:
+            return KSFT_PASS
+        return KSFT_SKIP
+
+    def summary(self) -> str:
+        if self.infra_error:
+            return f"{self.name} ({self.where}): could not run: {self.infra_error}"
+        t = self.totals
+        if not t:
+            return f"{self.name} ({self.where}): no results (pytest exit {self.pytest_rc})"
+        return (f"{self.name} ({self.where}): pass {t['pass']}, fail {t['fail']}, error {t['error']}, "
+                f"skip {t['skip']}")
+
+
+def parse_ktap(text: str, res: TierResult) -> None:
+    for line in text.splitlines():
+        m = TOTALS.search(line)
+        if m:
+            keys = ("pass", "fail", "xfail", "xpass", "skip", "error")
+            res.totals = dict(zip(keys, map(int, m.groups())))
+        elif line.startswith("ok ") and " # SKIP " in line:
+            res.skip_reasons.append(line.split(" # SKIP ", 1)[1])
+        elif line.startswith("not ok "):
+            res.fail_names.append(line.split(" ", 3)[-1])
+
+
+def pytest_args(selection: list[str], keyword: str | None, fmt: str, ktap_file: str, junit: str | None) -> list[str]:
+    args = ["-m", "pytest", "-p", "no:cacheprovider", f"--ktap-file={ktap_file}"]
+    if fmt == "ktap":
+        args.append("--ktap")
+    elif fmt == "junit":
+        args.append("-q")
+    if junit:
+        args.append(f"--junitxml={junit}")
+    if keyword:
+        args += ["-k", keyword]
+    return args + selection
+
+
+def run_tier(name: str, selection: list[str], *, keyword: str | None = None, fmt: str = "pretty",
+             junit: str | None = None, strict: bool = False, kernel: str | None = None,
+             echo: Callable[[str], None] = print, timeout: float = 1800.0, cpus: int = 2) -> TierResult:
+    """Run pytest over ``selection`` here (kernel None) or inside ``kernel`` under QEMU."""
+    root = project_root()
+    env = dict(os.environ)
+    if strict:
+        env["KVMFFI_STRICT"] = "1"
+    else:
+        env.pop("KVMFFI_STRICT", None)
+    if kernel is None:
+        res = TierResult(name, f"this host, {os.uname().release}")
+        with tempfile.TemporaryDirectory(prefix="kvmffi-run-") as tmp:
+            ktap = os.path.join(tmp, "result.ktap")
+            cmd = [sys.executable, *pytest_args(selection, keyword, fmt, ktap, junit)]
+            p = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True, errors="replace")
+            assert p.stdout is not None
+            for line in p.stdout:
+                echo(line.rstrip("\n"))
+            res.pytest_rc = p.wait()
+            if os.path.exists(ktap):
+                parse_ktap(Path(ktap).read_text(), res)
+        return res
+
+    from .guest.build import build_all
+    from .testkernel import BootError, boot
+    res = TierResult(name, f"test kernel {kernel}")
+    try:
+        build_all()
+    except Exception as e:
+        res.infra_error = f"building the guest programs failed: {e}"
+        return res
+    with tempfile.TemporaryDirectory(prefix="kvmffi-run-") as tmp:
+        results = Path(tmp)
+        cmd = [sys.executable, *pytest_args(selection, keyword, fmt, "{out}/result.ktap",
+                                            "{out}/junit.xml" if junit else None)]
+        benv = {"KVMFFI_STRICT": "1"} if strict else {"KVMFFI_STRICT": "0"}
+        try:
+            r = boot(kernel, cmd, cpus=cpus, timeout=timeout, cwd=str(root), echo=echo, env=benv, results_dir=results)
+            res.pytest_rc = r.returncode
+            res.where += f" ({r.accel}, boot {r.boot_seconds:.1f} s, total {r.seconds:.0f} s)"
+        except BootError as e:
+            res.infra_error = str(e)
+        if (results / "result.ktap").exists():
+            parse_ktap((results / "result.ktap").read_text(), res)
+        if junit and (results / "junit.xml").exists():
+            Path(junit).write_bytes((results / "junit.xml").read_bytes())
+    return res
