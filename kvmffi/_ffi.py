@@ -9,7 +9,9 @@ below return ints, bytes and addresses.
 
 from __future__ import annotations
 
+import fcntl as _fcntl
 import mmap as _mmap
+import struct as _struct
 import os
 from typing import Any
 
@@ -272,6 +274,34 @@ _cast = ffi.cast
 def ioctl_int(fd: int, request: int, arg: int = 0) -> tuple[int, int]:
     ret = _ioctl(fd, request, _cast(_ulong, arg))
     return ret, (ffi.errno if ret < 0 else 0)
+
+
+def ioctl_run(fd: int) -> int:
+    """KVM_RUN on the hot path: returns 0 or the errno. fcntl.ioctl is a thinner call
+    than a variadic cffi one; the GIL is released either way."""
+    try:
+        _fcntl.ioctl(fd, KVM_RUN, 0)
+        return 0
+    except OSError as e:
+        return e.errno or 0
+
+
+_REG_OFFSETS = {n: 8 * i for i, n in enumerate(("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9",
+                                                  "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags"))}
+_u64 = _struct.Struct("<Q")
+
+
+def reg_reader(fd: int) -> Any:
+    """A function name -> register value doing one KVM_GET_REGS into a reused buffer.
+    Raises OSError on failure."""
+    buf = bytearray(144)
+    ioctl, unpack, req = _fcntl.ioctl, _u64.unpack_from, KVM_GET_REGS
+
+    def read(name: str) -> int:
+        ioctl(fd, req, buf, True)
+        return int(unpack(buf, _REG_OFFSETS[name])[0])
+
+    return read
 
 
 def ioctl_ptr(fd: int, request: int, ptr: Any) -> tuple[int, int]:

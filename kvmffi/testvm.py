@@ -181,7 +181,7 @@ class TestVm:
         self.low: HostMemory | None = None
         try:
             path = Path(program) if str(program).endswith(".elf") else _build.build(str(program))
-            self.image = _elf.load(path)
+            self.image = _elf.load_cached(path)
             self.vm = self.kvm.create_vm(vm_type)
             max_vcpus = (low_size - max(self.image.end, 4 << 20)) // STACK_SIZE
             if nr_vcpus < 1 or nr_vcpus > max_vcpus:
@@ -394,15 +394,17 @@ class TestVm:
         assert low is not None
         low_size = self.low_size
         unpack = _ucall.unpack_from
+        run_fast = vcpu.run_ucall_port
+        get_reg = vcpu.get_reg
         while True:
             if s.error is not None:
                 raise s.error
             s.progress += 1
             s.in_run = True
-            ex = vcpu.run()
+            ex = run_fast(UCALL_PORT)
             s.in_run = False
-            if type(ex) is IoExit and ex.port == UCALL_PORT:
-                rdi = vcpu.get_reg("rdi")
+            if ex is None:
+                rdi = get_reg("rdi")
                 if rdi + UCALL_SIZE <= low_size:
                     uc = unpack(low, rdi)
                 else:

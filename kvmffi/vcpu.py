@@ -128,7 +128,7 @@ class Vcpu(FdOwner):
         self._view: _ffi.RunView | None = None
         self._view = _ffi.RunView(mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE))
         self._run = self._view.run
-        self._regs_buf = _ffi.new("struct kvm_regs")
+        self._read_reg = _ffi.reg_reader(fd)
         self.thread_id: int | None = None  # the thread inside KVM_RUN, for the watchdog
         self.last_exit: Exit | None = None
 
@@ -144,14 +144,23 @@ class Vcpu(FdOwner):
     # -- KVM_RUN ------------------------------------------------------------
     def run(self) -> Exit:
         """KVM_RUN once; returns the decoded exit."""
+        ex = self.run_ucall_port(-1)
+        assert ex is not None
+        return ex
+
+    def run_ucall_port(self, port: int) -> Exit | None:
+        """The run loop's fast path: KVM_RUN once; None if the exit is an IO exit on ``port``
+        (nothing decoded, nothing allocated), else the decoded exit as :meth:`run` returns it."""
         run = self._run
         if run is None:
             raise ValueError("Vcpu is closed")
         run.exit_reason = 0
         self.thread_id = threading.get_ident()
-        ret, err = _ffi.ioctl_int(self._fd, _ffi.KVM_RUN)
+        err = _ffi.ioctl_run(self._fd)
         self.thread_id = None
-        if ret < 0:
+        if not err and run.exit_reason == 2 and run.io.port == port:
+            return None
+        if err:
             if err == _errno.EINTR:
                 ex: Exit = _INTR
             elif err in (_errno.EFAULT, EHWPOISON) and run.exit_reason == ExitReason.MEMORY_FAULT:
@@ -195,11 +204,12 @@ class Vcpu(FdOwner):
 
     def get_reg(self, name: str) -> int:
         """One register by name (KVM_GET_REGS into a reused buffer: the run loop's fast path)."""
-        p = self._regs_buf
-        ret, err = _ffi.ioctl_ptr(self._fd, _ffi.KVM_GET_REGS, p)
-        if ret < 0:
-            raise self.vm._error("KVM_GET_REGS", err, {"vcpu": self.id})
-        return int(getattr(p, name))
+        try:
+            return self._read_reg(name)  # type: ignore[no-any-return]
+        except KeyError:
+            raise TypeError(f"no register {name!r}; kvm_regs has {', '.join(_REG_NAMES)}") from None
+        except OSError as e:
+            raise self.vm._error("KVM_GET_REGS", e.errno or 0, {"vcpu": self.id}) from None
 
     def set_regs(self, regs: Regs | None = None, **changes: int) -> None:
         """KVM_SET_REGS. With keyword arguments only, changes just those registers."""

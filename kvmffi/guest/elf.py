@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +39,19 @@ class GuestImage:
     entry: int
     segments: list[Segment]
     symbols: dict[str, Symbol] = field(default_factory=dict)
-    lines: list[tuple[int, str, int]] = field(default_factory=list)  # (address, file, line), sorted
+    _data: bytes = field(default=b"", repr=False)
+    _lines: list[tuple[int, str, int]] | None = field(default=None, repr=False)
+
+    @property
+    def lines(self) -> list[tuple[int, str, int]]:
+        """(address, file, line) from the DWARF line table, sorted; parsed on first use (it is slow)."""
+        if self._lines is None:
+            try:
+                elf = ELFFile(io.BytesIO(self._data))
+                self._lines = _line_table(elf) if elf.has_dwarf_info() else []
+            except Exception:
+                self._lines = []
+        return self._lines
 
     @property
     def end(self) -> int:
@@ -66,6 +79,19 @@ class GuestImage:
             if s.size and s.addr <= addr < s.addr + s.size:
                 return s.name
         return None
+
+
+_cache: dict[tuple[str, int, int], GuestImage] = {}
+
+
+def load_cached(path: str | Path) -> GuestImage:
+    """:func:`load`, remembered per (path, size, mtime): TestVms of one program share the parse."""
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    img = _cache.get(key)
+    if img is None:
+        img = _cache[key] = load(path)
+    return img
 
 
 def load(path: str | Path, data: bytes | None = None) -> GuestImage:
@@ -97,14 +123,12 @@ def load(path: str | Path, data: bytes | None = None) -> GuestImage:
                                 bool(seg["p_flags"] & P_FLAGS.PF_W)))
         if not segs:
             raise GuestElfError(f"{path} has no PT_LOAD segment")
-        img = GuestImage(path, elf["e_entry"], segs)
+        img = GuestImage(path, elf["e_entry"], segs, _data=data)
         symtab = elf.get_section_by_name(".symtab")
         if isinstance(symtab, SymbolTableSection):
             for s in symtab.iter_symbols():
                 if s.name and s["st_info"]["type"] in ("STT_OBJECT", "STT_FUNC", "STT_NOTYPE"):
                     img.symbols[s.name] = Symbol(s.name, s["st_value"], s["st_size"])
-        if elf.has_dwarf_info():
-            img.lines = _line_table(elf)
     except ELFError as e:
         raise GuestElfError(f"{path} is a malformed ELF: {e}") from None
     except GuestElfError:

@@ -44,6 +44,7 @@ class PageTables:
         self.mem = mem
         self.next = pool_start
         self.end = pool_end
+        self._child: dict[tuple[int, int], int] = {}  # (table, index) -> next-level table
         self.pml4 = self._alloc()
 
     def _alloc(self) -> int:
@@ -62,30 +63,42 @@ class PageTables:
         self.mem.write(table + 8 * index, struct.pack("<Q", val))
 
     def _next_table(self, table: int, index: int) -> int:
+        t = self._child.get((table, index))
+        if t is not None:
+            return t
         e = self._entry(table, index)
         if e & PTE_P:
             if e & PTE_PS:
                 raise ValueError("cannot map a 4 KiB page inside an existing 2 MiB mapping")
-            return e & 0x000FFFFFFFFFF000
-        t = self._alloc()
-        self._set(table, index, t | PTE_P | PTE_W)
+            t = e & 0x000FFFFFFFFFF000
+        else:
+            t = self._alloc()
+            self._set(table, index, t | PTE_P | PTE_W)
+        self._child[(table, index)] = t
         return t
 
     def map(self, gva: int, gpa: int, size: int, page_size: int = PAGE, writable: bool = True) -> None:
+        """Map [gva, gva+size) to [gpa, ...) with 4 KiB or 2 MiB pages."""
         if page_size not in (PAGE, HUGE_2M):
             raise ValueError("page_size must be 4 KiB or 2 MiB")
         if gva % page_size or gpa % page_size or size % page_size:
             raise ValueError(f"map({gva:#x}, {gpa:#x}, {size:#x}) is not aligned to page size {page_size:#x}")
-        flags = PTE_P | (PTE_W if writable else 0)
-        for off in range(0, size, page_size):
-            va, pa = gva + off, gpa + off
+        flags = PTE_P | (PTE_W if writable else 0) | (PTE_PS if page_size == HUGE_2M else 0)
+        level_shift = 21 if page_size == HUGE_2M else 12
+        span = 512 << level_shift  # what one last-level table covers
+        off = 0
+        while off < size:
+            va = gva + off
+            n = min((span - va % span) >> level_shift, (size - off) >> level_shift)
             pdpt = self._next_table(self.pml4, (va >> 39) & 511)
-            pd = self._next_table(pdpt, (va >> 30) & 511)
-            if page_size == HUGE_2M:
-                self._set(pd, (va >> 21) & 511, pa | flags | PTE_PS)
-                continue
-            pt = self._next_table(pd, (va >> 21) & 511)
-            self._set(pt, (va >> 12) & 511, pa | flags)
+            table = self._next_table(pdpt, (va >> 30) & 511)
+            if page_size == PAGE:
+                table = self._next_table(table, (va >> 21) & 511)
+            first = (va >> level_shift) & 511
+            pa = gpa + off
+            step = 1 << level_shift
+            self.mem.write(table + 8 * first, struct.pack(f"<{n}Q", *(pa + i * step | flags for i in range(n))))
+            off += n << level_shift
 
     def unmap_page(self, gva: int) -> None:
         pdpt = self._entry(self.pml4, (gva >> 39) & 511) & 0x000FFFFFFFFFF000

@@ -112,7 +112,7 @@ def boot(kernel: Path | str, command: list[str], *, cpus: int = 2, memory: str =
     out_dir.mkdir(parents=True)
     genv = {"PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin", "HOME": "/tmp",
             "PYTHONDONTWRITEBYTECODE": "1", "KVMFFI_CACHE": str(cache_dir()), "KVMFFI_IN_TEST_KERNEL": "1",
-            "KVMFFI_OUT": str(out_dir), "LANG": "C.UTF-8"}
+            "KVMFFI_OUT": str(out_dir), "LANG": "C.UTF-8", "PY_COLORS": "0"}
     for k, v in os.environ.items():
         if k.startswith(PASS_ENV) and k not in genv:
             genv[k] = v

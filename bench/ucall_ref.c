@@ -1,0 +1,153 @@
+/* C reference for bench/run.py: the same guest bytes, driven with plain ioctls.
+ *
+ *   ucall_ref STATE ucall N      N GUEST_SYNC round trips; prints microseconds per round trip
+ *   ucall_ref STATE bringup R    R times: VM + memory + vCPU + CPUID + registers, run to the
+ *                                first ucall, tear down; prints microseconds per bring-up
+ *
+ * STATE is written by bench/run.py: u64 low_size, struct kvm_sregs, struct kvm_regs, then
+ * the guest's low memory image (program, descriptor tables, page tables) as kvmffi built it.
+ */
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define UCALL_PORT 0x1000
+#define UCALL_SYNC 1
+#define UCALL_DONE 4
+
+static int kvm_fd;
+static struct kvm_cpuid2 *cpuid;
+static uint64_t low_size;
+static struct kvm_sregs sregs0;
+static struct kvm_regs regs0;
+static uint8_t *image;
+
+struct vm {
+	int vm_fd, vcpu_fd;
+	uint8_t *mem;
+	struct kvm_run *run;
+	size_t run_size;
+};
+
+static void die(const char *what)
+{
+	perror(what);
+	exit(2);
+}
+
+static double now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
+
+static void vm_up(struct vm *v)
+{
+	v->vm_fd = ioctl(kvm_fd, KVM_CREATE_VM, 0);
+	if (v->vm_fd < 0)
+		die("KVM_CREATE_VM");
+	v->mem = mmap(NULL, low_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (v->mem == MAP_FAILED)
+		die("mmap");
+	memcpy(v->mem, image, 0x200000);  /* descriptor and page tables, program: the first 2 MiB */
+	struct kvm_userspace_memory_region r = { .slot = 0, .guest_phys_addr = 0, .memory_size = low_size,
+						 .userspace_addr = (uint64_t)v->mem };
+	if (ioctl(v->vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0)
+		die("KVM_SET_USER_MEMORY_REGION");
+	v->vcpu_fd = ioctl(v->vm_fd, KVM_CREATE_VCPU, 0);
+	if (v->vcpu_fd < 0)
+		die("KVM_CREATE_VCPU");
+	v->run_size = ioctl(kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+	v->run = mmap(NULL, v->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->vcpu_fd, 0);
+	if (v->run == MAP_FAILED)
+		die("mmap kvm_run");
+	if (ioctl(v->vcpu_fd, KVM_SET_CPUID2, cpuid) < 0)
+		die("KVM_SET_CPUID2");
+	if (ioctl(v->vcpu_fd, KVM_SET_SREGS, &sregs0) < 0)
+		die("KVM_SET_SREGS");
+	if (ioctl(v->vcpu_fd, KVM_SET_REGS, &regs0) < 0)
+		die("KVM_SET_REGS");
+}
+
+static void vm_down(struct vm *v)
+{
+	munmap(v->run, v->run_size);
+	close(v->vcpu_fd);
+	close(v->vm_fd);
+	munmap(v->mem, low_size);
+}
+
+/* One ucall: run until an IN on the ucall port; returns the command. */
+static uint64_t next_ucall(struct vm *v)
+{
+	for (;;) {
+		if (ioctl(v->vcpu_fd, KVM_RUN, 0) < 0)
+			die("KVM_RUN");
+		if (v->run->exit_reason == KVM_EXIT_IO && v->run->io.port == UCALL_PORT) {
+			struct kvm_regs regs;
+			if (ioctl(v->vcpu_fd, KVM_GET_REGS, &regs) < 0)
+				die("KVM_GET_REGS");
+			return *(volatile uint64_t *)(v->mem + regs.rdi);
+		}
+		fprintf(stderr, "unexpected exit %u\n", v->run->exit_reason);
+		exit(2);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 4) {
+		fprintf(stderr, "usage: %s STATE ucall|bringup N\n", argv[0]);
+		return 2;
+	}
+	FILE *f = fopen(argv[1], "rb");
+	if (!f || fread(&low_size, 8, 1, f) != 1 || fread(&sregs0, sizeof(sregs0), 1, f) != 1 ||
+	    fread(&regs0, sizeof(regs0), 1, f) != 1)
+		die("reading STATE");
+	image = malloc(0x200000);
+	if (fread(image, 1, 0x200000, f) != 0x200000)
+		die("reading the image");
+	fclose(f);
+	long n = atol(argv[3]);
+
+	kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (kvm_fd < 0)
+		die("/dev/kvm");
+	cpuid = calloc(1, sizeof(*cpuid) + 256 * sizeof(struct kvm_cpuid_entry2));
+	cpuid->nent = 256;
+	if (ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, cpuid) < 0)
+		die("KVM_GET_SUPPORTED_CPUID");
+
+	struct vm v;
+	if (!strcmp(argv[2], "ucall")) {
+		vm_up(&v);
+		if (next_ucall(&v) != UCALL_SYNC)  /* warm up: the first SYNC */
+			return 3;
+		long syncs = 1;
+		double t0 = now_us();
+		while (next_ucall(&v) == UCALL_SYNC)
+			syncs++;
+		double t1 = now_us();
+		vm_down(&v);
+		/* timed: syncs - 1 SYNC round trips after the warm-up, plus the final DONE */
+		printf("%.3f %ld\n", (t1 - t0) / syncs, syncs);
+		return 0;
+	}
+	double t0 = now_us();
+	for (long i = 0; i < n; i++) {
+		vm_up(&v);
+		if (next_ucall(&v) != UCALL_SYNC)
+			return 3;
+		vm_down(&v);
+	}
+	printf("%.3f %ld\n", (now_us() - t0) / n, n);
+	return 0;
+}
