@@ -45,7 +45,7 @@ class TierResult:
         t = self.totals
         if self.infra_error or not t:
             return KSFT_FAIL
-        if t["fail"] or t["error"] or t["xpass"]:
+        if t["fail"] or t["error"]:
             return KSFT_FAIL
         if t["pass"]:
             return KSFT_PASS

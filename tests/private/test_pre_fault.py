@@ -7,6 +7,7 @@ the private type with a private guest_memfd slot (60).
 import errno
 import signal
 import threading
+import time
 
 import pytest
 
@@ -43,21 +44,56 @@ def pf_vm(request, kvm):  # noqa: ANN001, ANN201
         yield t
 
 
-def pre_fault_all(vcpu, gpa: int, size: int) -> tuple[int, int]:  # noqa: ANN001
-    """Loop like the selftest: each call must make progress or fail, never both, never neither."""
+def pre_fault_all(vcpu, gpa: int, size: int, timeout: float = 30.0) -> tuple[int, int]:  # noqa: ANN001
+    """Loop like the selftest: each call must make progress or fail, never both, never neither.
+
+    EINTR (a signal) is retried with what the kernel wrote back; ``timeout`` bounds the
+    loop, so a kernel that never makes progress fails the test instead of hanging it.
+    """
+    deadline = time.monotonic() + timeout
     while size:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"KVM_PRE_FAULT_MEMORY made no progress for {timeout} s at gpa {gpa:#x} "
+                                 f"({size:#x} bytes left)")
         try:
             ngpa, nsize = vcpu.pre_fault_memory(gpa, size)
         except KvmError as e:
             if e.errno == errno.EINTR:
                 rgpa, rsize = e.remaining  # type: ignore[attr-defined]
-                assert (rgpa, rsize) == (gpa, size) or rsize < size
+                assert rgpa - gpa == size - rsize, "gpa and size moved inconsistently"
                 gpa, size = rgpa, rsize
                 continue
             raise
         assert nsize < size and ngpa == gpa + (size - nsize), "KVM_PRE_FAULT_MEMORY made no progress"
         gpa, size = ngpa, nsize
     return gpa, size
+
+
+class Kicker:
+    """Signals one thread every few ms (as a VMM's timer would) so blocking ioctls return EINTR."""
+
+    def __init__(self) -> None:
+        self.target = threading.get_ident()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="kvmffi-kicker")
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.005):
+            signal.pthread_kill(self.target, KICK_SIGNAL)
+
+    def __enter__(self) -> "Kicker":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def recreate(t, mem) -> None:  # noqa: ANN001
+    flags = MemslotFlag.GUEST_MEMFD if mem.gmem is not None else MemslotFlag(0)
+    t.vm.delete_memslot(mem.slot)
+    t.vm.set_user_memory_region2(mem.slot, mem.gpa, mem.size, mem.host.addr, flags, mem.gmem, 0, keep=mem.host)
 
 
 def test_pre_fault_2m_completes(pf_vm) -> None:  # noqa: ANN001
@@ -91,52 +127,64 @@ def test_pre_fault_unknown_flags(pf_vm) -> None:  # noqa: ANN001
 def test_pre_fault_with_racing_memslot_delete(pf_vm) -> None:  # noqa: ANN001
     """CHECKLIST 58, 59: while another thread deletes and recreates the slot, pre-faulting converges.
 
-    A pre-fault that meets the slot mid-deletion retries inside the kernel until a signal
-    is pending (and the deletion waits for it), so a third thread kicks the pre-faulting
-    thread with a signal every few ms, as a VMM would: each call then either makes
-    progress or fails with ENOENT (slot gone) / EAGAIN / EINTR, never both. After the
-    recreation settles the whole range pre-faults.
+    A kicker signals the pre-faulting thread every few ms, as a VMM's timer would: each
+    call either makes progress or fails with ENOENT (slot gone) / EAGAIN / EINTR, never
+    both; for the private slot EFAULT too (the kernel's answer: a private GPA without a
+    usable slot is a memory fault). After the churn the vCPU runs once (KVM_RUN reloads its MMU, see the next test)
+    and then the whole slot pre-faults.
     """
     t = pf_vm
     v = t.vcpus[0]
-    mem = t.mem
-    stop = threading.Event()
     errors: list[BaseException] = []
-    flags = MemslotFlag.GUEST_MEMFD if mem.gmem is not None else MemslotFlag(0)
+    done = threading.Event()
+    # a private GPA whose slot is gone mid-fault is reported as a memory fault: EFAULT
+    allowed = {errno.ENOENT, errno.EAGAIN, errno.EINTR} | ({errno.EFAULT} if t.mem.gmem is not None else set())
 
     def churn() -> None:
         try:
-            for _ in range(50):
-                if stop.is_set():
-                    break
-                t.vm.delete_memslot(mem.slot)
-                t.vm.set_user_memory_region2(mem.slot, mem.gpa, mem.size, mem.host.addr, flags, mem.gmem, 0,
-                                             keep=mem.host)
+            for _ in range(20):
+                recreate(t, t.mem)
         except BaseException as e:  # reported below
             errors.append(e)
-
-    me = threading.get_ident()
-
-    def kicker() -> None:
-        while not stop.wait(0.005):
-            signal.pthread_kill(me, KICK_SIGNAL)
+        finally:
+            done.set()
 
     th = threading.Thread(target=churn, name="kvmffi-memslot-churn")
-    kt = threading.Thread(target=kicker, name="kvmffi-kicker")
-    th.start()
-    kt.start()
-    seen = set()
-    try:
-        gpa, size = TEST_GPA, SLOT_SIZE
-        while th.is_alive() and size:
-            try:
-                gpa, size = v.pre_fault_memory(gpa, size)
-            except KvmError as e:
-                assert e.errno in (errno.ENOENT, errno.EAGAIN, errno.EINTR), str(e)
-                seen.add(e.errno)
-    finally:
-        stop.set()
-        th.join()
-        kt.join()
-    assert not errors, errors
-    assert pre_fault_all(v, TEST_GPA, SLOT_SIZE) == (TEST_GPA + SLOT_SIZE, 0)
+    with Kicker():
+        th.start()
+        try:
+            gpa, size = TEST_GPA, SLOT_SIZE
+            while not done.is_set() and size:
+                try:
+                    ngpa, nsize = v.pre_fault_memory(gpa, size)
+                    assert nsize < size, "a successful KVM_PRE_FAULT_MEMORY made no progress"
+                    gpa, size = ngpa, nsize
+                except KvmError as e:
+                    assert e.errno in allowed, f"{e} (allowed here: {sorted(allowed)})"
+                    rgpa, rsize = e.remaining  # type: ignore[attr-defined]
+                    assert rgpa - gpa == size - rsize, "gpa and size moved inconsistently"
+        finally:
+            th.join()
+        assert not errors, errors
+        v.run()  # the vCPU runs (the kicker makes it return at once): pending MMU work is done
+        assert pre_fault_all(v, TEST_GPA, SLOT_SIZE) == (TEST_GPA + SLOT_SIZE, 0)
+
+
+def test_pre_fault_converges_after_memslot_recreate_without_kvm_run(pf_vm, request) -> None:  # noqa: ANN001
+    """Delete and recreate the slot, then pre-fault without running the vCPU: it should converge.
+
+    Linux 6.12 answers differently per slot kind: the private guest_memfd slot converges;
+    the shared slot of a DEFAULT VM retries forever on the vCPU's obsolete MMU root until
+    the vCPU next enters KVM_RUN (only a signal gets the ioctl out). That case is an
+    expected failure (xfail, not strict: it passes on kernels that fix it).
+    """
+    t = pf_vm
+    if t.mem.gmem is None:
+        request.applymarker(pytest.mark.xfail(
+            reason="Linux 6.12: after a memslot is recreated, KVM_PRE_FAULT_MEMORY on a shared slot retries on "
+                   "the vCPU's obsolete MMU root until the vCPU enters KVM_RUN", strict=False))
+    v = t.vcpus[0]
+    assert pre_fault_all(v, TEST_GPA, 2 * MiB) == (TEST_GPA + 2 * MiB, 0)
+    recreate(t, t.mem)
+    with Kicker():
+        assert pre_fault_all(v, TEST_GPA + 2 * MiB, 2 * MiB, timeout=5) == (TEST_GPA + 4 * MiB, 0)
