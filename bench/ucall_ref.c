@@ -28,6 +28,7 @@ static uint64_t low_size;
 static struct kvm_sregs sregs0;
 static struct kvm_regs regs0;
 static uint8_t *image;
+static int used_pages[512], nr_used; /* pages of the image that are not all zero */
 
 struct vm {
 	int vm_fd, vcpu_fd;
@@ -57,7 +58,10 @@ static void vm_up(struct vm *v)
 	v->mem = mmap(NULL, low_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (v->mem == MAP_FAILED)
 		die("mmap");
-	memcpy(v->mem, image, 0x200000);  /* descriptor and page tables, program: the first 2 MiB */
+	/* descriptor and page tables, program: the non-zero pages of the first 2 MiB,
+	 * as kvmffi writes only what it sets up */
+	for (int i = 0; i < nr_used; i++)
+		memcpy(v->mem + used_pages[i] * 4096, image + used_pages[i] * 4096, 4096);
 	struct kvm_userspace_memory_region r = { .slot = 0, .guest_phys_addr = 0, .memory_size = low_size,
 						 .userspace_addr = (uint64_t)v->mem };
 	if (ioctl(v->vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0)
@@ -116,6 +120,12 @@ int main(int argc, char **argv)
 	if (fread(image, 1, 0x200000, f) != 0x200000)
 		die("reading the image");
 	fclose(f);
+	for (int p = 0; p < 512; p++)
+		for (int b = 0; b < 4096; b++)
+			if (image[p * 4096 + b]) {
+				used_pages[nr_used++] = p;
+				break;
+			}
 	long n = atol(argv[3]);
 
 	kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);

@@ -335,15 +335,24 @@ def get_supported_cpuid(fd: int) -> tuple[list[tuple[int, ...]], int]:
         return [tuple(getattr(c.entries[i], f) for f in CPUID_FIELDS) for i in range(c.nent)], 0
 
 
+_cpuid_bufs: dict[tuple[tuple[int, ...], ...], tuple[Any, Any]] = {}
+
+
 def set_cpuid2(fd: int, entries: list[tuple[int, ...]]) -> int:
-    """KVM_SET_CPUID2; returns 0 or the errno."""
-    buf = ffi.new("char[]", 8 + 40 * len(entries))
-    c = ffi.cast("struct kvm_cpuid2 *", buf)
-    c.nent = len(entries)
-    for i, e in enumerate(entries):
-        for f, v in zip(CPUID_FIELDS, e):
-            setattr(c.entries[i], f, v)
-    ret = _ioctl(fd, KVM_SET_CPUID2, c)
+    """KVM_SET_CPUID2; returns 0 or the errno. The struct for a given entry list is built once."""
+    key = tuple(entries)
+    cached = _cpuid_bufs.get(key)
+    if cached is None:
+        buf = ffi.new("char[]", 8 + 40 * len(entries))
+        c = ffi.cast("struct kvm_cpuid2 *", buf)
+        c.nent = len(entries)
+        for i, e in enumerate(entries):
+            for f, v in zip(CPUID_FIELDS, e):
+                setattr(c.entries[i], f, v)
+        if len(_cpuid_bufs) > 16:
+            _cpuid_bufs.clear()
+        cached = _cpuid_bufs[key] = (buf, c)
+    ret = _ioctl(fd, KVM_SET_CPUID2, cached[1])
     return ffi.errno if ret < 0 else 0
 
 

@@ -61,14 +61,36 @@ def sources_for(program: str, root: Path | None = None) -> list[Path]:
     return [root / "lib" / "entry.S", root / "lib" / "ucall.c", src]
 
 
+_memo: dict[tuple[object, ...], Path] = {}
+
+
 def build(program: str, *, cc: str | None = None, extra_cflags: list[str] | None = None) -> Path:
-    """Compile ``guests/<program>.c`` with the guest library; returns the cached ELF's path."""
+    """Compile ``guests/<program>.c`` with the guest library; returns the cached ELF's path.
+
+    Within a process, a build whose inputs have not changed (same sizes and mtimes) is
+    not hashed again.
+    """
     root = guests_dir()
     cc = cc or os.environ.get("KVMFFI_GUEST_CC", "gcc")
     srcs = sources_for(program, root)
     lds = root / "guest.lds"
     headers = sorted((root / "include").glob("*.h"))
     flags = CFLAGS + list(extra_cflags or [])
+    stats = []
+    for p in [*srcs, lds, *headers]:
+        st = p.stat()
+        stats.append((str(p), st.st_size, st.st_mtime_ns))
+    memo_key = (tuple(stats), tuple(flags), cc, str(cache_dir()))
+    hit = _memo.get(memo_key)
+    if hit is not None and hit.exists():
+        return hit
+    out = _build(program, root, cc, srcs, lds, headers, flags)
+    _memo[memo_key] = out
+    return out
+
+
+def _build(program: str, root: Path, cc: str, srcs: list[Path], lds: Path, headers: list[Path],
+           flags: list[str]) -> Path:
     h = hashlib.sha256()
     for p in [*srcs, lds, *headers]:
         h.update(p.name.encode())
