@@ -16,7 +16,8 @@ cd "$tree"
 git init -q -b main
 git config user.email bisect@kvmffi.invalid
 git config user.name "kvmffi worked bisect"
-git add -A >/dev/null && git commit -qm "base: Debian linux-source-6.12"
+# Debian's source package ships a .gitignore that ignores everything: add by force
+git add -f -A . >/dev/null && git commit -qm "base: Debian linux-source-6.12"
 
 sed -i '1a /* kvmffi worked bisect: a harmless change */' virt/kvm/kvm_main.c
 git commit -qam "kvm: harmless comment in kvm_main.c"

@@ -71,8 +71,8 @@ def _init_script(command: list[str], cwd: str, env: dict[str, str], out_dir: Pat
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
-mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
+mkdir -p /run/kvmffi-tmp /run/kvmffi-home
 mkdir -p /dev/shm /dev/hugepages && mount -t tmpfs shm /dev/shm
 mount -t hugetlbfs none /dev/hugepages 2>/dev/null
 mount -t debugfs none /sys/kernel/debug 2>/dev/null
@@ -110,7 +110,9 @@ def boot(kernel: Path | str, command: list[str], *, cpus: int = 2, memory: str =
     boot_dir = cache_dir() / "boot" / uuid.uuid4().hex[:12]
     out_dir = boot_dir / "out"
     out_dir.mkdir(parents=True)
-    genv = {"PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin", "HOME": "/tmp",
+    # /tmp stays the host's (read-only), so checkouts under /tmp work; scratch goes to /run
+    genv = {"PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin", "HOME": "/run/kvmffi-home",
+            "TMPDIR": "/run/kvmffi-tmp",
             "PYTHONDONTWRITEBYTECODE": "1", "KVMFFI_CACHE": str(cache_dir()), "KVMFFI_IN_TEST_KERNEL": "1",
             "KVMFFI_OUT": str(out_dir), "LANG": "C.UTF-8", "PY_COLORS": "0"}
     for k, v in os.environ.items():
