@@ -46,10 +46,13 @@ class KtapReporter:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         if self.replace_terminal:
-            pm = session.config.pluginmanager
-            tr = pm.get_plugin("terminalreporter")
+            # silence pytest's own report: point its writer at /dev/null (unregistering it
+            # here would not stop hooks already under way, such as the session header)
+            from _pytest.terminal import TerminalWriter
+            tr = session.config.pluginmanager.get_plugin("terminalreporter")
             if tr is not None:
-                pm.unregister(tr)
+                self._devnull = open(os.devnull, "w")
+                tr._tw = TerminalWriter(self._devnull)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:

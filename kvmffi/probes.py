@@ -48,7 +48,26 @@ def hypercall_exits_delivered(kvm: Kvm, timeout: float = 1.0) -> bool | None:
 
 
 def run_probes(kvm: Kvm) -> dict[str, Any]:
+    import shutil
+
+    from .testkernel.qemu import host_has_nested_virt
     out: dict[str, Any] = {}
+    out["nested_virtualization"] = ("yes (vmx/svm in /proc/cpuinfo): the test kernel can run with -accel kvm"
+                                    if host_has_nested_virt() else
+                                    "no (no vmx/svm in /proc/cpuinfo): the test kernel runs under QEMU TCG")
+    attrs = kvm.check_extension(Cap.MEMORY_ATTRIBUTES)
+    out["private_memory"] = ("yes (KVM_CAP_MEMORY_ATTRIBUTES has PRIVATE)" if attrs & 8 else
+                             f"no (KVM_CAP_MEMORY_ATTRIBUTES={attrs:#x})")
+    gmem = kvm.check_extension(Cap.GUEST_MEMFD)
+    out["tier: unit"] = "runs anywhere"
+    out["tier: host (tests/host)"] = "runs here" if gmem else "cannot run: KVM_CAP_GUEST_MEMFD is 0 (Linux >= 6.8)"
+    if attrs & 8:
+        out["tier: private (tests/private)"] = "runs here"
+    elif shutil.which("qemu-system-x86_64"):
+        out["tier: private (tests/private)"] = "runs in the test kernel under QEMU (`kvmffi run tests/private`)"
+    else:
+        out["tier: private (tests/private)"] = ("cannot run: no private memory here and no qemu-system-x86_64 "
+                                                "(apt-get install qemu-system-x86)")
     try:
         h = hypercall_exits_delivered(kvm)
         out["hypercall_exits_delivered"] = {None: "cannot ask (no KVM_CAP_EXIT_HYPERCALL)",

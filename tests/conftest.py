@@ -1,1 +1,3 @@
 """Shared test configuration; the fixtures themselves come from the kvmffi pytest plugin."""
+
+pytest_plugins = ["pytester"]

@@ -1,0 +1,35 @@
+"""`kvmffi caps` tells the truth about this host: compared with direct questions to the kernel."""
+
+import json
+import os
+import subprocess
+import sys
+
+from kvmffi import Cap, Kvm, VmType
+from kvmffi.caps import VENDOR_MODULES
+
+
+def test_caps_json_matches_the_kernel(kvm: Kvm) -> None:
+    out = subprocess.run([sys.executable, "-m", "kvmffi", "caps", "--json", "--no-probes"], capture_output=True,
+                         text=True, check=True).stdout
+    caps = json.loads(out)
+    loaded = [m for m in VENDOR_MODULES if os.path.isdir(f"/sys/module/{m}")]
+    assert caps["vendor_module"] == (loaded[0] if loaded else "")
+    assert caps["kernel"] == os.uname().release
+    assert caps["api_version"] == kvm.api_version == 12
+    for c in (Cap.GUEST_MEMFD, Cap.MEMORY_ATTRIBUTES, Cap.VM_TYPES, Cap.GUEST_MEMFD_FLAGS, Cap.NR_MEMSLOTS):
+        assert caps["system"][c.name] == kvm.check_extension(c), c.name
+    types = [VmType(v["value"]) for v in caps["per_vm_type"]]
+    assert types == kvm.vm_types()
+    for v in caps["per_vm_type"]:
+        with kvm.create_vm(v["value"]) as vm:
+            assert v["guest_memfd_flags"] == vm.check_extension(Cap.GUEST_MEMFD_FLAGS)
+            assert v["memory_attributes"] == vm.check_extension(Cap.MEMORY_ATTRIBUTES)
+            assert v["guest_memfd"] == vm.check_extension(Cap.GUEST_MEMFD)
+
+
+def test_caps_table_names_the_flags() -> None:
+    out = subprocess.run([sys.executable, "-m", "kvmffi", "caps", "--no-probes"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "per VM type (KVM_CHECK_EXTENSION on a VM fd):" in out
+    assert "KVM_CAP_GUEST_MEMFD " in out
