@@ -4,11 +4,19 @@ import pytest
 
 from kvmffi import Kvm, MmioExit
 from kvmffi.caps import vendor_module
-from kvmffi.testvm import TEST_GPA, TestVm, UnexpectedExit, check_marks, fill_marks
+from kvmffi.testvm import TEST_GPA, TestMemory, TestVm, UnexpectedExit, check_marks, fill_marks
 
 SIZE = 2 << 20
 HOST_PATTERN = 0xAAAAAAAAAAAAAAAA
 GUEST_PATTERN = 0x5555555555555555
+
+
+def prepare_shared_mem(t: TestVm, mem: TestMemory, punch_check: bool) -> None:
+    """The host's pattern in the test memory, and the shared_mem guest's parameters."""
+    fill_marks(mem.host, 0, SIZE, HOST_PATTERN)
+    for name, v in (("test_gpa", TEST_GPA), ("test_size", SIZE), ("host_pattern", HOST_PATTERN),
+                    ("guest_pattern", GUEST_PATTERN), ("punch_check", int(punch_check))):
+        t.set_param(name, v)
 
 
 @pytest.mark.parametrize("backing", ["anon", "memfd", "thp", "gmem", "gmem-mmap"])
@@ -16,10 +24,7 @@ def test_host_and_guest_share_test_memory(kvm: Kvm, vm_type, backing: str) -> No
     """Host writes, the guest reads it at 4 GiB and writes back, the host sees the guest's writes."""
     with TestVm("shared_mem", kvm=kvm, vm_type=vm_type) as t:
         mem = t.add_memory(TEST_GPA, SIZE, backing)
-        fill_marks(mem.host, 0, SIZE, HOST_PATTERN)
-        for name, v in (("test_gpa", TEST_GPA), ("test_size", SIZE), ("host_pattern", HOST_PATTERN),
-                        ("guest_pattern", GUEST_PATTERN), ("punch_check", 0)):
-            t.set_param(name, v)
+        prepare_shared_mem(t, mem, punch_check=False)
         t.run()
         assert check_marks(mem.host, 0, SIZE, GUEST_PATTERN) == -1
 
@@ -34,10 +39,7 @@ def test_guest_memfd_in_place_with_no_userspace_addr(kvm: Kvm, vm_type) -> None:
     with TestVm("shared_mem", kvm=kvm, vm_type=vm_type) as t:
         mem = t.add_memory(TEST_GPA, SIZE, "gmem-only", slot=7)
         assert t.vm is not None and t.vm.memslots[7].userspace_addr == 0
-        fill_marks(mem.host, 0, SIZE, HOST_PATTERN)
-        for name, v in (("test_gpa", TEST_GPA), ("test_size", SIZE), ("host_pattern", HOST_PATTERN),
-                        ("guest_pattern", GUEST_PATTERN), ("punch_check", 0)):
-            t.set_param(name, v)
+        prepare_shared_mem(t, mem, punch_check=False)
         assert mem.gmem is not None
         mem.host.close()
         mem.host = None
@@ -59,10 +61,7 @@ def test_punched_page_reads_zero_in_guest(kvm: Kvm, vm_type, backing: str) -> No
     """PUNCH_HOLE of page 0 while the guest has it mapped: the guest reads zeros, the rest is intact."""
     with TestVm("shared_mem", kvm=kvm, vm_type=vm_type) as t:
         mem = t.add_memory(TEST_GPA, SIZE, backing)
-        fill_marks(mem.host, 0, SIZE, HOST_PATTERN)
-        for name, v in (("test_gpa", TEST_GPA), ("test_size", SIZE), ("host_pattern", HOST_PATTERN),
-                        ("guest_pattern", GUEST_PATTERN), ("punch_check", 1)):
-            t.set_param(name, v)
+        prepare_shared_mem(t, mem, punch_check=True)
         stages = []
 
         def on_sync(vcpu, args) -> None:  # noqa: ANN001
