@@ -210,6 +210,22 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress for kernel builds")
 
 
+def cmd_check_headers(args: argparse.Namespace) -> int:
+    from .headers import check
+    try:
+        r = check(args.include_dir)
+    except (OSError, RuntimeError) as e:
+        print(f"kvmffi check-headers: {e}", file=sys.stderr)
+        return 2
+    for m in r.mismatched:
+        print(f"MISMATCH {m}")
+    for a in r.absent:
+        print(f"absent   {a} (not in these headers)")
+    print(f"kvmffi check-headers: {len(r.matched)} match, {len(r.mismatched)} mismatch, {len(r.absent)} absent "
+          f"({args.include_dir})")
+    return 0 if r.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kvmffi", description="KVM guest_memfd / private-memory test harness")
     from . import __version__
@@ -220,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--kvm-path", default="/dev/kvm")
     c.add_argument("--no-probes", action="store_true", help="skip the probes that run a guest")
     c.set_defaults(fn=cmd_caps)
+
+    h = sub.add_parser("check-headers", help="compare the bindings with a kernel's exported uAPI headers")
+    h.add_argument("include_dir", nargs="?", default="/usr/include",
+                   help="directory holding linux/kvm.h, e.g. the usr/include of `make headers_install`")
+    h.set_defaults(fn=cmd_check_headers)
 
     k = sub.add_parser("kernel", help="build the test kernel (KVM_SW_PROTECTED_VM) for the private tier")
     ksub = k.add_subparsers(dest="kcmd", required=True)
