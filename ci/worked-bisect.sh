@@ -27,7 +27,7 @@ git commit -qam "kvm: harmless comment in guest_memfd.c"
 grep -n 'if (size <= 0 || !PAGE_ALIGNED(size))' virt/kvm/guest_memfd.c >/dev/null
 sed -i 's/if (size <= 0 || !PAGE_ALIGNED(size))/if (size < 0 || !PAGE_ALIGNED(size))/' virt/kvm/guest_memfd.c
 git commit -qam "kvm: guest_memfd: simplify the size check (breaks size 0)"
-bad_commit=$(git rev-parse --short HEAD)
+bad_commit=$(git rev-parse HEAD)
 sed -i '1a /* kvmffi worked bisect: a later harmless change */' arch/x86/kvm/x86.c
 git commit -qam "kvm: x86: harmless comment"
 git log --oneline | cat
@@ -36,7 +36,7 @@ echo "== git bisect run kvmffi bisect --tree . -k test_zero_size_fails tests/hos
 git bisect start HEAD HEAD~4 >/dev/null
 git bisect run kvmffi bisect --tree . -k test_zero_size_fails tests/host/test_guest_memfd_create.py 2>&1 \
   | grep -E "^kvmffi bisect:|is the first bad commit|^commit |^    kvm|running" || true
-found=$(git rev-parse --short refs/bisect/bad)
+found=$(git rev-parse refs/bisect/bad)
 git bisect reset >/dev/null 2>&1 || true
 echo "== the bisect named $found; the breaking commit is $bad_commit"
 [ "$found" = "$bad_commit" ]
