@@ -16,6 +16,11 @@ mypy
 echo "== unit tier"
 python -m pytest -q -p no:cacheprovider tests/unit
 
+if [ "${KVMFFI_SKIP_PRIVATE:-0}" != 1 ]; then
+  echo "== test kernel (built once, then cached)"
+  kernel=$(kvmffi kernel build | tail -n 1)
+fi
+
 echo "== host tier (strict) on $(uname -r)"
 kvmffi caps
 KVMFFI_STRICT=1 python -m pytest -q -p no:cacheprovider tests/host
@@ -24,7 +29,6 @@ if [ "${KVMFFI_SKIP_PRIVATE:-0}" = 1 ]; then
   echo "== private tier: left out (KVMFFI_SKIP_PRIVATE=1)"
 else
   echo "== private tier (strict) in the test kernel"
-  kernel=$(kvmffi kernel build | tail -n 1)
   kvmffi run --strict --kernel "$kernel" tests/private
 fi
 echo "== all tiers passed in $(( $(date +%s) - start )) s"

@@ -1,0 +1,51 @@
+"""The test-kernel runner: exit status, timeouts and boot failures, and no QEMU left behind."""
+
+import shutil
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from kvmffi.testkernel import BootError, boot, default_image
+
+
+def _qemus() -> set[int]:
+    return {p.pid for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("qemu-system")}
+
+
+@pytest.fixture
+def kernel():  # noqa: ANN201
+    img = default_image()
+    if img is None or shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("no cached test kernel or no QEMU: run `kvmffi kernel build` (apt-get install qemu-system-x86)")
+    before = _qemus()
+    yield img
+    assert _qemus() - before == set(), "a QEMU process outlived the test"
+
+
+def test_command_status_and_output_come_back(kernel) -> None:  # noqa: ANN001
+    r = boot(kernel, ["sh", "-c", "echo hello from $(uname -r); exit 3"], timeout=120)
+    assert r.returncode == 3
+    assert any(line.startswith("hello from 6.12") for line in r.output), r.output
+
+
+def test_timeout_is_reported_with_the_console_and_kills_qemu(kernel) -> None:  # noqa: ANN001
+    with pytest.raises(BootError) as ei:
+        boot(kernel, ["sh", "-c", "echo started; sleep 600"], timeout=15)
+    assert ei.value.timed_out
+    assert "timed out after 15 s" in str(ei.value)
+
+
+def test_missing_kernel_is_a_clear_error() -> None:
+    with pytest.raises(BootError, match="no kernel image at /nonexistent/bzImage: build one with `kvmffi kernel build`"):
+        boot("/nonexistent/bzImage", ["true"])
+
+
+def test_kvmffi_vm_exit_codes(kernel) -> None:  # noqa: ANN001
+    run = [sys.executable, "-m", "kvmffi", "vm", "--kernel", str(kernel), "--timeout", "120", "-q", "--"]
+    assert subprocess.run(run + ["true"], capture_output=True).returncode == 0
+    assert subprocess.run(run + ["sh", "-c", "exit 7"], capture_output=True).returncode == 7
+    bad = subprocess.run([sys.executable, "-m", "kvmffi", "vm", "--kernel", "/nonexistent", "-q", "--", "true"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 125 and "no kernel image at /nonexistent" in bad.stderr
