@@ -169,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_bisect(args: argparse.Namespace) -> int:
     """For `git bisect run`: 0 good, 1 bad, 125 cannot test. Never anything else."""
-    from .runner import BISECT_BAD, BISECT_GOOD, BISECT_SKIP, KSFT_FAIL, KSFT_PASS
+    from .runner import BISECT_BAD, BISECT_GOOD, BISECT_SKIP, bisect_verdict
     args.format = "pretty"
     args.junit_xml = None
     try:
@@ -177,20 +177,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             print("kvmffi bisect: name what to test (a path and/or -k EXPR): 125", file=sys.stderr)
             return BISECT_SKIP
         results, _ = _run_tiers(args, strict=False)
-        r = results[0] if results else None
-        if r is None:
-            verdict, why = BISECT_SKIP, "nothing could run"
-        elif r.infra_error:
-            verdict, why = BISECT_SKIP, f"infrastructure: {r.infra_error.splitlines()[0]}"
-        elif not r.totals or sum(r.totals.values()) == 0:
-            verdict, why = BISECT_SKIP, "no test was selected"
-        elif r.ksft == KSFT_FAIL:
-            verdict, why = BISECT_BAD, f"{r.totals['fail'] + r.totals['error']} failed: " + ", ".join(r.fail_names[:3])
-        elif r.ksft == KSFT_PASS:
-            verdict, why = BISECT_GOOD, f"{r.totals['pass']} passed"
-        else:
-            reason = r.skip_reasons[0] if r.skip_reasons else "every selected test skipped"
-            verdict, why = BISECT_SKIP, f"all {r.totals['skip']} selected tests skipped: {reason}"
+        verdict, why = bisect_verdict(results[0] if results else None)
     except KeyboardInterrupt as e:
         verdict, why = BISECT_SKIP, f"interrupted ({e or 'SIGINT'})"
     except BaseException as e:  # build failure, boot failure, anything: cannot test this commit

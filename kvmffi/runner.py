@@ -137,3 +137,19 @@ def run_tier(name: str, selection: list[str], *, keyword: str | None = None, fmt
         if junit and (results / "junit.xml").exists():
             Path(junit).write_bytes((results / "junit.xml").read_bytes())
     return res
+
+
+def bisect_verdict(r: TierResult | None) -> tuple[int, str]:
+    """(exit code, why) for `git bisect run`: 0 good, 1 bad, 125 cannot test."""
+    if r is None:
+        return BISECT_SKIP, "nothing could run"
+    if r.infra_error:
+        return BISECT_SKIP, f"infrastructure: {r.infra_error.splitlines()[0]}"
+    if not r.totals or sum(r.totals.values()) == 0:
+        return BISECT_SKIP, "no test was selected" if r.totals else f"no results (pytest exit {r.pytest_rc})"
+    if r.ksft == KSFT_FAIL:
+        return BISECT_BAD, f"{r.totals['fail'] + r.totals['error']} failed: " + ", ".join(r.fail_names[:3])
+    if r.ksft == KSFT_PASS:
+        return BISECT_GOOD, f"{r.totals['pass']} passed"
+    reason = r.skip_reasons[0] if r.skip_reasons else "every selected test skipped"
+    return BISECT_SKIP, f"all {r.totals['skip'] + r.totals['xfail']} selected tests skipped: {reason}"

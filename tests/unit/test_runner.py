@@ -1,0 +1,42 @@
+"""Exit codes of `kvmffi run` (kselftest) and `kvmffi bisect` (git bisect run), from KTAP results."""
+
+import pytest
+
+from kvmffi.runner import TierResult, bisect_verdict, parse_ktap
+
+
+def tier(ktap: str, infra: str = "") -> TierResult:
+    r = TierResult("t", "here", infra_error=infra)
+    parse_ktap(ktap, r)
+    return r
+
+
+PASS = "TAP version 13\n1..2\nok 1 a\nok 2 b # SKIP x\n# Totals: pass:1 fail:0 xfail:0 xpass:0 skip:1 error:0\n"
+FAIL = "TAP version 13\n1..2\nok 1 a\nnot ok 2 b\n# Totals: pass:1 fail:1 xfail:0 xpass:0 skip:0 error:0\n"
+ERROR = "TAP version 13\n1..1\nnot ok 1 a\n# Totals: pass:0 fail:0 xfail:0 xpass:0 skip:0 error:1\n"
+SKIP = ("TAP version 13\n1..2\nok 1 a # SKIP KVM_CAP_X is 0\nok 2 b # SKIP KVM_CAP_X is 0\n"
+        "# Totals: pass:0 fail:0 xfail:0 xpass:0 skip:2 error:0\n")
+NONE = "TAP version 13\n1..0\n# Totals: pass:0 fail:0 xfail:0 xpass:0 skip:0 error:0\n"
+
+
+@pytest.mark.parametrize("ktap,ksft,bisect", [(PASS, 0, 0), (FAIL, 1, 1), (ERROR, 1, 1), (SKIP, 4, 125),
+                                              (NONE, 4, 125)], ids=["pass", "fail", "error", "skip", "none"])
+def test_exit_codes(ktap: str, ksft: int, bisect: int) -> None:
+    r = tier(ktap)
+    assert r.ksft == ksft
+    assert bisect_verdict(r)[0] == bisect
+
+
+def test_bisect_says_why() -> None:
+    assert bisect_verdict(tier(SKIP)) == (125, "all 2 selected tests skipped: KVM_CAP_X is 0")
+    assert bisect_verdict(tier(FAIL)) == (1, "1 failed: b")
+    assert bisect_verdict(tier(PASS, infra="timed out after 600 s\nconsole tail")) == (
+        125, "infrastructure: timed out after 600 s")
+    assert bisect_verdict(None) == (125, "nothing could run")
+
+
+def test_bisect_never_leaves_1_to_127_plus_125() -> None:
+    for k in (PASS, FAIL, ERROR, SKIP, NONE):
+        for infra in ("", "boot failed"):
+            code, _ = bisect_verdict(tier(k, infra))
+            assert code in (0, 1, 125)
