@@ -3,8 +3,8 @@
 # Extra arguments go to `kvmffi run` (e.g. -k guest_memfd, --format ktap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash ci/setup.sh
+bash ci/setup.sh >&2
 export PATH="$PWD/.venv/bin:$PATH"
-kvmffi caps
-echo
+kvmffi caps >&2
+echo >&2
 exec kvmffi run "$@"
