@@ -27,9 +27,6 @@ class HostMemory(mmap.mmap):
             self._addr = _ffi.buffer_address(self)
         return self._addr
 
-    def __len__(self) -> int:  # noqa: D105 (explicit for type checkers)
-        return super().__len__()
-
 
 class RawMapping:
     """A mapping made with mmap(2) directly, for lengths past the end of a file.

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import errno as _errno
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +54,6 @@ def run_in_child(fn: Callable[[], Any], timeout: float = 30.0) -> ChildResult:
             code = 1
         os._exit(code)
     deadline_ok = True
-    import time
     end = time.monotonic() + timeout
     while True:
         wpid, status = os.waitpid(pid, os.WNOHANG)
@@ -82,4 +81,3 @@ def touch(buf: Any, offset: int, write: bool = False) -> None:
 
 
 __all__ = ["ChildResult", "expect_errno", "run_in_child", "touch", "errno_of", "errno_name"]
-_ = _errno

@@ -12,8 +12,6 @@ program at 1 MiB, one 64 KiB stack per vCPU below ``low_size``; test memory from
 
 from __future__ import annotations
 
-import mmap
-import os
 import signal
 import struct
 import sys
@@ -553,5 +551,3 @@ def install_kick_handler_or_explain() -> None:
                            "kvmffi.testvm.install_kick_handler() once from the main thread")
     install_kick_handler()
 
-
-_ = (os, mmap)

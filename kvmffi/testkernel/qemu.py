@@ -13,7 +13,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -212,5 +211,3 @@ def _kill(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
     if proc.stdout is not None:
         proc.stdout.close()
 
-
-_ = sys

@@ -11,7 +11,16 @@ from kvmffi.testkernel import BootError, boot, default_image
 
 
 def _qemus() -> set[int]:
-    return {p.pid for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("qemu-system")}
+    """QEMU processes started from this test process (children or deeper; other runs on the machine
+    do not count)."""
+    out = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.name().startswith("qemu-system") and p.status() != psutil.STATUS_ZOMBIE:
+                out.add(p.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
 
 
 @pytest.fixture
@@ -19,9 +28,8 @@ def kernel():  # noqa: ANN201
     img = default_image()
     if img is None or shutil.which("qemu-system-x86_64") is None:
         pytest.skip("no cached test kernel or no QEMU: run `kvmffi kernel build` (apt-get install qemu-system-x86)")
-    before = _qemus()
     yield img
-    assert _qemus() - before == set(), "a QEMU process outlived the test"
+    assert _qemus() == set(), "a QEMU process outlived the test"
 
 
 def test_command_status_and_output_come_back(kernel) -> None:  # noqa: ANN001

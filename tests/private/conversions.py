@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 from kvmffi import Cap, HypercallExit, MapGpaAttr, MemoryAttribute, Vm
-from kvmffi.testvm import TestMemory, TestVm, check_marks
+from kvmffi.testvm import TEST_GPA, TestMemory, TestVm, check_marks
 
 SYNC_CHECK_SHARED, SYNC_CONVERT, SYNC_PUNCH, SYNC_RANGE_DONE = 1, 2, 3, 4
 MiB = 1 << 20
@@ -101,5 +101,3 @@ def run_conversions(kvm: Any, vm_type: Any, *, use_hypercall: bool, fallocate: b
             gmem.close()
     return conv
 
-
-from kvmffi.testvm import TEST_GPA  # noqa: E402
