@@ -292,6 +292,28 @@ def _kvmffi_vm_caps(request: pytest.FixtureRequest) -> None:
             require_cap(Cap(m.args[0]), v, int(m.kwargs.get("min", 1)))
 
 
+# -- failure report --------------------------------------------------------------
+
+def _kernel_log_tail(n: int = 20) -> str:
+    try:
+        import subprocess
+        r = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"(dmesg unavailable: {e})"
+    if r.returncode != 0:
+        return f"(dmesg failed: {r.stderr.strip()})"
+    return "\n".join(r.stdout.splitlines()[-n:]) or "(empty)"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """On a failure, attach the tail of the kernel log: a WARN or an oops is often the real story."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and call.when in ("setup", "call"):
+        rep.sections.append(("kernel log (last 20 lines of dmesg)", _kernel_log_tail()))
+
+
 # -- leak check ----------------------------------------------------------------
 
 def _kvm_fds() -> dict[int, str]:

@@ -68,3 +68,9 @@ def test_ktap_on_stdout_replaces_the_pytest_report(pytester: pytest.Pytester) ->
     r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kvm-no-leak-check", "--ktap")
     assert r.stdout.lines[:3] == ["TAP version 13", "1..1", "ok 1 test_one.py::test_a"]
     assert "passed" not in r.stdout.str()
+
+
+def test_failure_report_carries_the_kernel_log(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_f="def test_f():\n    assert False\n")
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kvm-no-leak-check")
+    r.stdout.fnmatch_lines(["*kernel log (last 20 lines of dmesg)*"])
