@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,20 @@ def run_in_child(fn: Callable[[], Any], timeout: float = 30.0) -> ChildResult:
     return ChildResult(None, os.WEXITSTATUS(status))
 
 
+@contextlib.contextmanager
+def not_this_vms_guest_memfds(vm: Any, size: int) -> Iterator[list[tuple[str, int]]]:
+    """Fds that are not ``vm``'s guest_memfd, as (description, fd): /dev/kvm, the VM fd, a
+    memfd, and another VM's guest_memfd (of the same type). Binding any of them is EINVAL."""
+    mfd = os.memfd_create("kvmffi-test", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(mfd, size)
+        with vm.kvm.create_vm(vm.type) as other, other.create_guest_memfd(size) as foreign:
+            yield [("/dev/kvm", vm.kvm.fileno()), ("the VM fd", vm.fileno()), ("a memfd", mfd),
+                   ("another VM's guest_memfd", foreign.fileno())]
+    finally:
+        os.close(mfd)
+
+
 def touch(buf: Any, offset: int, write: bool = False) -> None:
     """Read (or write) one byte of a mapping: the access a child performs."""
     if write:
@@ -80,4 +95,5 @@ def touch(buf: Any, offset: int, write: bool = False) -> None:
         _ = buf[offset]
 
 
-__all__ = ["ChildResult", "expect_errno", "run_in_child", "touch", "errno_of", "errno_name"]
+__all__ = ["ChildResult", "expect_errno", "not_this_vms_guest_memfds", "run_in_child", "touch", "errno_of",
+           "errno_name"]

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from kvmffi import PAGE_SIZE, Cap, Kvm, MemslotFlag, Vm, errno_of, memory
-from kvmffi.testing import expect_errno
+from kvmffi.testing import expect_errno, not_this_vms_guest_memfds
 
 GMEM = MemslotFlag.GUEST_MEMFD
 TEST_GPA = 1 << 32
@@ -43,23 +43,17 @@ def test_unknown_flag_bits_fail_on_both_ioctls(vm: Vm, host_mem) -> None:  # noq
     assert vm.memslots == {}
 
 
-def test_wrong_fds_fail(kvm: Kvm, vm: Vm, vm_type, host_mem) -> None:  # noqa: ANN001
-    """The guest_memfd fd must be this VM's guest_memfd (CHECKLIST 28)."""
-    mfd = os.memfd_create("kvmffi-test", os.MFD_CLOEXEC)
-    try:
-        os.ftruncate(mfd, TEST_SIZE)
-        with kvm.create_vm(vm_type) as other, other.create_guest_memfd(TEST_SIZE) as foreign:
-            for what, fd in (("/dev/kvm", kvm.fileno()), ("the VM fd", vm.fileno()), ("a memfd", mfd),
-                             ("another VM's guest_memfd", foreign.fileno())):
-                expect_errno(errno.EINVAL, f"binding {what} as guest_memfd",
-                             vm.set_user_memory_region2, 0, TEST_GPA, TEST_SIZE, host_mem.addr, GMEM, fd)
-        r, w = os.pipe()
-        os.close(r)
-        os.close(w)
-        expect_errno(errno.EBADF, f"binding closed fd {r} as guest_memfd",
-                     vm.set_user_memory_region2, 0, TEST_GPA, TEST_SIZE, host_mem.addr, GMEM, r)
-    finally:
-        os.close(mfd)
+def test_wrong_fds_fail(vm: Vm, host_mem) -> None:  # noqa: ANN001
+    """The guest_memfd fd must be this VM's guest_memfd (CHECKLIST 28); a closed fd is EBADF."""
+    with not_this_vms_guest_memfds(vm, TEST_SIZE) as fds:
+        for what, fd in fds:
+            expect_errno(errno.EINVAL, f"binding {what} as guest_memfd",
+                         vm.set_user_memory_region2, 0, TEST_GPA, TEST_SIZE, host_mem.addr, GMEM, fd)
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    expect_errno(errno.EBADF, f"binding closed fd {r} as guest_memfd",
+                 vm.set_user_memory_region2, 0, TEST_GPA, TEST_SIZE, host_mem.addr, GMEM, r)
 
 
 @pytest.mark.parametrize("offset", [1, 0x80, PAGE_SIZE - 1, PAGE_SIZE + 1])

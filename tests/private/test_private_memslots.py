@@ -1,12 +1,11 @@
 """guest_memfd memslots on a VM with private memory (CHECKLIST 17, 28-34)."""
 
 import errno
-import os
 
 import pytest
 
 from kvmffi import PAGE_SIZE, Kvm, MemslotFlag, Vm, memory
-from kvmffi.testing import expect_errno
+from kvmffi.testing import expect_errno, not_this_vms_guest_memfds
 
 pytestmark = pytest.mark.private
 
@@ -37,18 +36,12 @@ def test_guest_memfd_outlives_vm(kvm: Kvm, vm_type) -> None:  # noqa: ANN001
         g.allocate(0, PAGE_SIZE)
 
 
-def test_wrong_guest_memfd_fds(kvm: Kvm, vm: Vm, vm_type, host_mem) -> None:  # noqa: ANN001
+def test_wrong_guest_memfd_fds(vm: Vm, host_mem) -> None:  # noqa: ANN001
     """CHECKLIST 28: /dev/kvm, the VM fd, a memfd or another VM's guest_memfd: EINVAL."""
-    mfd = os.memfd_create("kvmffi-test", os.MFD_CLOEXEC)
-    try:
-        os.ftruncate(mfd, MiB)
-        with kvm.create_vm(vm_type) as other, other.create_guest_memfd(MiB) as foreign:
-            for what, fd in (("/dev/kvm", kvm.fileno()), ("the VM fd", vm.fileno()), ("a memfd", mfd),
-                             ("another VM's guest_memfd", foreign.fileno())):
-                expect_errno(errno.EINVAL, f"binding {what}", vm.set_user_memory_region2, 0, GPA, MiB,
-                             host_mem.addr, GMEM, fd)
-    finally:
-        os.close(mfd)
+    with not_this_vms_guest_memfds(vm, MiB) as fds:
+        for what, fd in fds:
+            expect_errno(errno.EINVAL, f"binding {what}", vm.set_user_memory_region2, 0, GPA, MiB,
+                         host_mem.addr, GMEM, fd)
 
 
 @pytest.mark.parametrize("offset", [1, PAGE_SIZE - 1, PAGE_SIZE + 0x10])
