@@ -355,8 +355,9 @@ class TestVm:
         for s in self.states:
             result.syncs[s.vcpu.id] = s.syncs
         errors = [s.error for s in self.states if s.error is not None]
-        if errors:
-            raise errors[0]
+        real = [e for e in errors if not isinstance(e, _Stopped)]  # the cause, not the vCPUs it stopped
+        if real or errors:
+            raise (real or errors)[0]
         return result
 
     def run_until_exit(self, on_sync: Callable[[Vcpu, tuple[int, ...]], Any] | None = None,
