@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 from typing import TYPE_CHECKING
@@ -36,8 +37,16 @@ class GuestMemfd(FdOwner):
         return f"<GuestMemfd {state} size={self.size:#x} flags={self.flags}>"
 
     def fallocate(self, mode: int, offset: int, length: int) -> None:
-        """fallocate(2) on the fd; raises KvmError naming the call and its arguments."""
-        err = _ffi.fallocate(self.fileno(), mode, offset, length)
+        """fallocate(2) on the fd; raises KvmError naming the call and its arguments.
+
+        EINTR is retried: guest_memfd stops allocating when a signal is pending (e.g. a
+        watchdog's kick to a vCPU thread that is handling an exit), and both allocating
+        and punching are idempotent.
+        """
+        while True:
+            err = _ffi.fallocate(self.fileno(), mode, offset, length)
+            if err != errno.EINTR:
+                break
         if err:
             raise KvmError("fallocate", err, {"gmem": self, "mode": mode, "offset": offset, "len": length})
 
