@@ -29,6 +29,11 @@ class VmTypeCaps:
     user_memory2: int = 0
 
     @property
+    def private(self) -> bool:
+        """This VM type supports KVM_MEMORY_ATTRIBUTE_PRIVATE."""
+        return bool(self.memory_attributes & MemoryAttribute.PRIVATE)
+
+    @property
     def guest_memfd_flag_names(self) -> str:
         return str(GuestMemfdFlag(self.guest_memfd_flags))
 

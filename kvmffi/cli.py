@@ -92,7 +92,7 @@ def _plan_tiers(args: argparse.Namespace) -> tuple[list[tuple[str, list[str], st
     else:
         notes.append("host tier not run: " + (f"{h.kvm_path} not usable: {h.error}" if not h.kvm_accessible
                                                 else "KVM_CAP_GUEST_MEMFD is 0 on this kernel (needs Linux >= 6.8)"))
-    if any(v.memory_attributes & 8 for v in h.per_vm_type):
+    if any(v.private for v in h.per_vm_type):
         tiers.append(("private tier", ["tests/private"], None))
     else:
         import shutil

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .system import Kvm
-from .uapi import Cap
+from .uapi import Cap, MemoryAttribute
 
 _cache: dict[str, Any] = {}
 
@@ -56,12 +56,13 @@ def run_probes(kvm: Kvm) -> dict[str, Any]:
                                     if host_has_nested_virt() else
                                     "no (no vmx/svm in /proc/cpuinfo): the test kernel runs under QEMU TCG")
     attrs = kvm.check_extension(Cap.MEMORY_ATTRIBUTES)
-    out["private_memory"] = ("yes (KVM_CAP_MEMORY_ATTRIBUTES has PRIVATE)" if attrs & 8 else
+    private = bool(attrs & MemoryAttribute.PRIVATE)
+    out["private_memory"] = ("yes (KVM_CAP_MEMORY_ATTRIBUTES has PRIVATE)" if private else
                              f"no (KVM_CAP_MEMORY_ATTRIBUTES={attrs:#x})")
     gmem = kvm.check_extension(Cap.GUEST_MEMFD)
     out["tier: unit"] = "runs anywhere"
     out["tier: host (tests/host)"] = "runs here" if gmem else "cannot run: KVM_CAP_GUEST_MEMFD is 0 (Linux >= 6.8)"
-    if attrs & 8:
+    if private:
         out["tier: private (tests/private)"] = "runs here"
     elif shutil.which("qemu-system-x86_64"):
         out["tier: private (tests/private)"] = "runs in the test kernel under QEMU (`kvmffi run tests/private`)"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -141,7 +142,7 @@ def _creatable_types(h: _caps.HostCaps, need: str = "guest_memfd") -> list[VmTyp
     if need == "guest_memfd":
         ok = [v for v in ok if v.guest_memfd > 0]
     elif need == "private":
-        ok = [v for v in ok if v.memory_attributes & 8]
+        ok = [v for v in ok if v.private]
     types = [VmType(v.value) for v in ok]
     if types:
         return types
@@ -250,16 +251,6 @@ def requires_guest_memfd(vm: Vm) -> None:
     require_cap(Cap.GUEST_MEMFD, vm)
 
 
-def require_private(vm: Vm) -> None:
-    """Skip (fail in strict mode) unless ``vm`` supports KVM_MEMORY_ATTRIBUTE_PRIVATE."""
-    __tracebackhide__ = True
-    require_cap(Cap.MEMORY_ATTRIBUTES, vm, min=1)
-    got = vm.check_extension(Cap.MEMORY_ATTRIBUTES)
-    if not got & 8:
-        skip_missing(missing_cap_reason(Cap.MEMORY_ATTRIBUTES, got, f"a {getattr(vm.type, 'name', vm.type)} VM",
-                                        "KVM_MEMORY_ATTRIBUTE_PRIVATE (0x8)"))
-
-
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("private") is not None:
         callspec = getattr(item, "callspec", None)
@@ -270,7 +261,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             skip_missing(missing_cap_reason(Cap.VM_TYPES, h.vm_types_mask, "/dev/kvm",
                                             "a VM type with private memory, e.g. KVM_X86_SW_PROTECTED_VM (bit 1)")
                          if h.kvm_accessible else f"{h.kvm_path} not usable: {h.error}")
-        elif not vc.memory_attributes & 8:
+        elif not vc.private:
             skip_missing(missing_cap_reason(Cap.MEMORY_ATTRIBUTES, vc.memory_attributes, f"a {vc.vm_type} VM",
                                             "KVM_MEMORY_ATTRIBUTE_PRIVATE (0x8)"))
     for m in item.iter_markers("requires_cap"):
@@ -296,7 +287,6 @@ def _kvmffi_vm_caps(request: pytest.FixtureRequest) -> None:
 
 def _kernel_log_tail(n: int = 20) -> str:
     try:
-        import subprocess
         r = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError) as e:
         return f"(dmesg unavailable: {e})"
