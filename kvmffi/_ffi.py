@@ -9,6 +9,7 @@ below return ints, bytes and addresses.
 
 from __future__ import annotations
 
+import errno
 import fcntl as _fcntl
 import mmap as _mmap
 import struct as _struct
@@ -286,15 +287,14 @@ def ioctl_run(fd: int) -> int:
         return e.errno or 0
 
 
-_REG_OFFSETS = {n: 8 * i for i, n in enumerate(("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9",
-                                                  "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags"))}
+_REG_OFFSETS = {name: f.offset for name, f in ffi.typeof("struct kvm_regs").fields}
 _u64 = _struct.Struct("<Q")
 
 
 def reg_reader(fd: int) -> Any:
     """A function name -> register value doing one KVM_GET_REGS into a reused buffer.
     Raises OSError on failure."""
-    buf = bytearray(144)
+    buf = bytearray(ffi.sizeof("struct kvm_regs"))
     ioctl, unpack, req = _fcntl.ioctl, _u64.unpack_from, KVM_GET_REGS
 
     def read(name: str) -> int:
@@ -328,7 +328,7 @@ def get_supported_cpuid(fd: int) -> tuple[list[tuple[int, ...]], int]:
         ret = _ioctl(fd, KVM_GET_SUPPORTED_CPUID, c)
         if ret < 0:
             err = ffi.errno
-            if err == 7 and n < 4096:  # E2BIG: more entries than asked for
+            if err == errno.E2BIG and n < 4096:  # more entries than asked for
                 n *= 2
                 continue
             return [], err

@@ -158,7 +158,7 @@ class Vcpu(FdOwner):
         self.thread_id = threading.get_ident()
         err = _ffi.ioctl_run(self._fd)
         self.thread_id = None
-        if not err and run.exit_reason == 2 and run.io.port == port:
+        if not err and run.exit_reason == _EXIT_IO and run.io.port == port:
             return None
         if err:
             if err == _errno.EINTR:
@@ -283,6 +283,7 @@ class Vcpu(FdOwner):
             raise self.vm._error(name, err, {"vcpu": self.id})
 
 
+_EXIT_IO = int(ExitReason.IO)  # a plain int: compared on every exit
 _INTR = IntrExit()
 _HLT = HltExit()
 _SHUTDOWN = ShutdownExit()
