@@ -78,9 +78,17 @@ class GuestTripleFault(UnexpectedExit):
 
 
 def install_kick_handler() -> None:
-    """Install the no-op handler for the watchdog's signal (must run on the main thread)."""
-    if signal.getsignal(KICK_SIGNAL) in (signal.SIG_DFL, None, signal.SIG_IGN):
-        signal.signal(KICK_SIGNAL, lambda s, f: None)
+    """Install the no-op handler for the watchdog's signal, once; only the main thread can.
+
+    The pytest plugin does this at start-up; a script that runs vCPUs from other threads
+    calls it first from the main thread.
+    """
+    if signal.getsignal(KICK_SIGNAL) not in (signal.SIG_DFL, None, signal.SIG_IGN):
+        return
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("the vCPU watchdog needs its signal handler: call "
+                           "kvmffi.testvm.install_kick_handler() once from the main thread")
+    signal.signal(KICK_SIGNAL, lambda s, f: None)
 
 
 @dataclass
@@ -327,7 +335,8 @@ class TestVm:
         kicks it and the run fails with GuestHang (default: the TestVm's timeout).
         """
         tmo = self.timeout if timeout is None else timeout
-        install_kick_handler_or_explain()
+        install_kick_handler()
+        self._timeout = tmo
         result = RunResult()
         for s in self.states:
             s.error, s.kicked, s.syncs = None, False, 0
@@ -424,7 +433,7 @@ class TestVm:
                     if s.error is not None:
                         raise s.error
                     rip = vcpu.get_reg("rip")
-                    raise GuestHang(f"vCPU {vcpu.id} did not exit within {self._tmo_for_msg:.1f} s; "
+                    raise GuestHang(f"vCPU {vcpu.id} did not exit within {self._timeout:.1f} s; "
                                     f"stopped at rip={rip:#x}{self._where(rip)}")
                 continue
             if on_exit is not None and on_exit(vcpu, ex):
@@ -485,10 +494,7 @@ class TestVm:
         return cls(msg, ex)  # type: ignore[arg-type]
 
     # -- watchdog ----------------------------------------------------------
-    _tmo_for_msg = 0.0
-
     def _watchdog(self, timeout: float, stop: threading.Event) -> None:
-        self._tmo_for_msg = timeout
         period = min(max(timeout / 8, 0.01), 0.25)
         seen = {id(s): (s.progress, time.monotonic()) for s in self.states}
         while not stop.wait(period):
@@ -543,12 +549,4 @@ class _Stopped(GuestError):
 def _signed(v: int) -> int:
     return v - (1 << 64) if v & (1 << 63) else v
 
-
-def install_kick_handler_or_explain() -> None:
-    if signal.getsignal(KICK_SIGNAL) not in (signal.SIG_DFL, None, signal.SIG_IGN):
-        return
-    if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError("the vCPU watchdog needs its signal handler: call "
-                           "kvmffi.testvm.install_kick_handler() once from the main thread")
-    install_kick_handler()
 
