@@ -201,10 +201,7 @@ class TestVm:
                     raise _elf.GuestElfError(f"{path}: segment at {seg.gpa:#x}+{seg.memsz:#x} is outside "
                                              f"[{x86.IMAGE_GPA:#x}, {low_size:#x})")
                 self.low[seg.gpa:seg.gpa + len(seg.data)] = seg.data
-            x86.write_descriptor_tables(self._lowmem, self.image.symbol("kvmffi_exception_stubs").addr)
-            self.pt = x86.PageTables(self._lowmem)
-            self.pt.map(x86.PAGE, x86.PAGE, x86.HUGE_2M - x86.PAGE)   # first 2 MiB except page 0
-            self.pt.map(x86.HUGE_2M, x86.HUGE_2M, low_size - x86.HUGE_2M, x86.HUGE_2M)
+            self.pt = self._low_tables(self.image.symbol("kvmffi_exception_stubs").addr, low_size)
             self.states: list[_VcpuState] = []
             for i in range(nr_vcpus):
                 self.states.append(_VcpuState(self._setup_vcpu(i)))
@@ -213,6 +210,24 @@ class TestVm:
             raise
 
     # -- construction ------------------------------------------------------
+    _low_templates: dict[tuple[int, int], tuple[bytes, Any]] = {}
+
+    def _low_tables(self, stubs: int, low_size: int) -> x86.PageTables:
+        """Descriptor tables and the low mapping (the first 2 MiB but page 0 in 4 KiB pages, the rest
+        in 2 MiB pages). They are the same for every TestVm of one layout: built once per process,
+        then copied (a few pages)."""
+        key = (stubs, low_size)
+        tpl = TestVm._low_templates.get(key)
+        if tpl is not None:
+            self._lowmem.write(x86.GDT_GPA, tpl[0])
+            return x86.PageTables.restore(self._lowmem, tpl[1])
+        x86.write_descriptor_tables(self._lowmem, stubs)
+        pt = x86.PageTables(self._lowmem)
+        pt.map(x86.PAGE, x86.PAGE, x86.HUGE_2M - x86.PAGE)
+        pt.map(x86.HUGE_2M, x86.HUGE_2M, low_size - x86.HUGE_2M, x86.HUGE_2M)
+        TestVm._low_templates[key] = (self._lowmem.read(x86.GDT_GPA, x86.IDT_GPA + 0x1000 - x86.GDT_GPA), pt.snapshot())
+        return pt
+
     def _setup_vcpu(self, i: int) -> Vcpu:
         assert self.vm is not None
         v = self.vm.create_vcpu(i)

@@ -100,6 +100,19 @@ class PageTables:
             self.mem.write(table + 8 * first, struct.pack(f"<{n}Q", *(pa + i * step | flags for i in range(n))))
             off += n << level_shift
 
+    def snapshot(self) -> tuple[bytes, int, dict[tuple[int, int], int], int]:
+        """The pool's used pages and bookkeeping, to rebuild identical tables with :meth:`restore`."""
+        start = self.pml4
+        return bytes(self.mem.read(start, self.next - start)), self.next, dict(self._child), start
+
+    @classmethod
+    def restore(cls, mem: Any, snap: tuple[bytes, int, dict[tuple[int, int], int], int]) -> PageTables:
+        data, nxt, child, start = snap
+        pt = cls.__new__(cls)
+        pt.mem, pt.next, pt.end, pt._child, pt.pml4 = mem, nxt, PT_POOL_END, dict(child), start
+        mem.write(start, data)
+        return pt
+
     def unmap_page(self, gva: int) -> None:
         pdpt = self._entry(self.pml4, (gva >> 39) & 511) & 0x000FFFFFFFFFF000
         pd = self._entry(pdpt, (gva >> 30) & 511) & 0x000FFFFFFFFFF000
