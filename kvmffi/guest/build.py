@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -20,7 +21,11 @@ class GuestBuildError(RuntimeError):
 
 def guests_dir() -> Path:
     """Where the guest sources live: $KVMFFI_GUESTS, else the repository's guests/ next to the package."""
-    env = os.environ.get("KVMFFI_GUESTS")
+    return _guests_dir(os.environ.get("KVMFFI_GUESTS"))
+
+
+@functools.lru_cache(maxsize=8)
+def _guests_dir(env: str | None) -> Path:
     if env:
         return Path(env)
     here = Path(__file__).resolve().parent
@@ -64,6 +69,16 @@ def sources_for(program: str, root: Path | None = None) -> list[Path]:
 _memo: dict[tuple[object, ...], Path] = {}
 
 
+@functools.lru_cache(maxsize=64)
+def _inputs(program: str, root: Path) -> tuple[list[Path], Path, list[Path], tuple[str, ...]]:
+    """The files a build of ``program`` reads, found once per process (their contents are
+    still checked on every build, through their sizes and mtimes)."""
+    srcs = sources_for(program, root)
+    lds = root / "guest.lds"
+    headers = sorted((root / "include").glob("*.h"))
+    return srcs, lds, headers, tuple(str(p) for p in (*srcs, lds, *headers))
+
+
 def build(program: str, *, cc: str | None = None, extra_cflags: list[str] | None = None) -> Path:
     """Compile ``guests/<program>.c`` with the guest library; returns the cached ELF's path.
 
@@ -72,14 +87,12 @@ def build(program: str, *, cc: str | None = None, extra_cflags: list[str] | None
     """
     root = guests_dir()
     cc = cc or os.environ.get("KVMFFI_GUEST_CC", "gcc")
-    srcs = sources_for(program, root)
-    lds = root / "guest.lds"
-    headers = sorted((root / "include").glob("*.h"))
+    srcs, lds, headers, names = _inputs(program, root)
     flags = CFLAGS + list(extra_cflags or [])
     stats = []
-    for p in [*srcs, lds, *headers]:
-        st = p.stat()
-        stats.append((str(p), st.st_size, st.st_mtime_ns))
+    for name in names:
+        st = os.stat(name)
+        stats.append((name, st.st_size, st.st_mtime_ns))
     memo_key = (tuple(stats), tuple(flags), cc, str(cache_dir()))
     hit = _memo.get(memo_key)
     if hit is not None and hit.exists():
