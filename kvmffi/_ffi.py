@@ -247,6 +247,7 @@ KVM_GET_VCPU_MMAP_SIZE = _IO(0x04)
 KVM_GET_SUPPORTED_CPUID = _IOWR(0x05, "struct kvm_cpuid2")
 # VM ioctls
 KVM_CREATE_VCPU = _IO(0x41)
+KVM_SET_NR_MMU_PAGES = _IO(0x44)  # arg: pages for the shadow MMU (x86)
 KVM_SET_USER_MEMORY_REGION = _IOW(0x46, "struct kvm_userspace_memory_region")
 KVM_SET_USER_MEMORY_REGION2 = _IOW(0x49, "struct kvm_userspace_memory_region2")  # KVM_CAP_USER_MEMORY2
 KVM_ENABLE_CAP = _IOW(0xA3, "struct kvm_enable_cap")

@@ -8,10 +8,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import KvmError
+from .kernels import vendor_module
 from .system import Kvm
 from .uapi import Cap, GuestMemfdFlag, MemoryAttribute, VmType
 
-VENDOR_MODULES = ("kvm_intel", "kvm_amd", "kvm_pvm")
 
 
 @dataclass
@@ -80,16 +80,9 @@ def _read(path: str) -> str:
         return ""
 
 
-def vendor_module() -> str:
-    for m in VENDOR_MODULES:
-        if os.path.isdir(f"/sys/module/{m}"):
-            return m
-    return ""
-
-
 SYSTEM_CAPS = (Cap.USER_MEMORY2, Cap.MEMORY_FAULT_INFO, Cap.MEMORY_ATTRIBUTES, Cap.GUEST_MEMFD, Cap.VM_TYPES,
                Cap.PRE_FAULT_MEMORY, Cap.GUEST_MEMFD_FLAGS, Cap.EXIT_HYPERCALL, Cap.NR_MEMSLOTS,
-               Cap.READONLY_MEM, Cap.MAX_VCPUS, Cap.GUEST_MEMFD_MEMORY_ATTRIBUTES)
+               Cap.READONLY_MEM, Cap.MAX_VCPUS)
 
 
 def snapshot(path: str = "/dev/kvm", probes: bool = False) -> HostCaps:

@@ -22,7 +22,7 @@ def cmd_kernel_build(args: argparse.Namespace) -> int:
 
     from .testkernel import KernelBuildError, build_kernel
     try:
-        img = build_kernel(Path(args.source) if args.source else None,
+        img = build_kernel(Path(args.source) if args.source else None, version=args.version,
                            base_config=Path(args.config) if args.config else None, jobs=args.jobs, quiet=args.quiet)
     except KernelBuildError as e:
         print(f"kvmffi kernel build: {e}", file=sys.stderr)
@@ -32,11 +32,14 @@ def cmd_kernel_build(args: argparse.Namespace) -> int:
 
 
 def _resolve_kernel(kernel: str | None, quiet: bool = False) -> str:
-    """--kernel PATH, or the cached default kernel, building it if there is none."""
-    if kernel:
+    """--kernel PATH, --kernel VERSION (Debian's linux-source-VERSION, built once and cached: 6.12, 7.3,
+    newest), or with none the default test kernel (6.12), building it if there is none."""
+    import os
+    import re
+    if kernel and (os.path.exists(kernel) or not re.match(r"^(\d+\.\d+|newest)$", kernel)):
         return kernel
     from .testkernel import build_kernel
-    return str(build_kernel(None, quiet=quiet))
+    return str(build_kernel(None, version=kernel, quiet=quiet))
 
 
 def cmd_vm(args: argparse.Namespace) -> int:
@@ -74,7 +77,7 @@ def _plan_tiers(args: argparse.Namespace) -> tuple[list[tuple[str, list[str], st
     from .caps import snapshot
     from .runner import project_root
     root = project_root()
-    kernel = args.kernel
+    kernel = _resolve_kernel(args.kernel, args.quiet) if args.kernel else None
     if getattr(args, "tree", None):
         from pathlib import Path
 
@@ -232,7 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("kernel", help="build the test kernel (KVM_SW_PROTECTED_VM) for the private tier")
     ksub = k.add_subparsers(dest="kcmd", required=True)
     kb = ksub.add_parser("build", help="build (or reuse) a bzImage; prints its path last")
-    kb.add_argument("--source", help="kernel source tree (default: Debian's linux-source-6.12, installed if missing)")
+    src = kb.add_mutually_exclusive_group()
+    src.add_argument("--version", help="Debian's linux-source-VERSION: 6.12 (Debian 12's own, the default), 7.3, "
+                     "7.2, ... or newest (fetched from Debian's newer suites with a private apt state)")
+    src.add_argument("--source", help="a kernel source tree of your own")
     kb.add_argument("--config", help="a .config to merge the fragment into (default: tinyconfig)")
     kb.add_argument("-j", "--jobs", type=int, default=None, help="parallel jobs (default: all cores)")
     kb.add_argument("-q", "--quiet", action="store_true")

@@ -47,6 +47,18 @@ class VmDeadError(KvmError):
     """KVM killed the VM (EIO, and the VM no longer answers)."""
 
 
+class MissingCapability(Exception):
+    """The kernel lacks what a test needs. The message names what is missing and how to get it;
+    ``feature`` (a kvmffi.kernels.FEATURE_SINCE key) lets strict mode tell a kernel that predates
+    the feature from one that lost it. The pytest plugin reports it as a skip (strict: a failure).
+    """
+
+    def __init__(self, reason: str, feature: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.feature = feature
+
+
 def errno_of(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> int:
     """Call ``fn`` and return 0 on success or the errno of the OSError it raised.
 

@@ -1,8 +1,9 @@
 """Check the bindings against a kernel's exported uAPI headers (``make headers_install``).
 
 ``kvmffi check-headers DIR`` compiles a small C program against ``DIR/linux/kvm.h`` that prints
-the size and key field offsets of every struct kvmffi declares, and every ioctl number, then
-compares them with kvmffi's own. Anything the headers do not define (older kernels lack
+the size and key field offsets of every struct kvmffi declares, every ioctl number, and every
+capability, exit reason, VM type and flag number kvmffi's enums name, then compares them with
+kvmffi's own. Anything the headers do not define (older kernels lack
 guest_memfd) is reported as absent, not as a mismatch.
 """
 
@@ -15,6 +16,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import _ffi
+from .uapi import Cap, ExitReason, GuestMemfdFlag, MemoryAttribute, MemoryFaultFlag, MemslotFlag, VmType
+
+
+def uapi_constants() -> dict[str, int]:
+    """Every number kvmffi's enums give a kernel name, by that name (KVM_CAP_GUEST_MEMFD: 234, ...)."""
+    out: dict[str, int] = {}
+    for c in Cap:
+        out[c.kernel_name] = int(c)
+    for e in ExitReason:
+        out[f"KVM_EXIT_{e.name}"] = int(e)
+    for t in VmType:
+        out[t.kernel_name] = int(t)
+    for prefix, flags in (("KVM_MEM_", MemslotFlag), ("GUEST_MEMFD_FLAG_", GuestMemfdFlag),
+                          ("KVM_MEMORY_ATTRIBUTE_", MemoryAttribute), ("KVM_MEMORY_EXIT_FLAG_", MemoryFaultFlag)):
+        for f in flags:
+            out[f"{prefix}{f.name}"] = int(f)
+    return out
 
 # struct -> (the ioctl that proves the headers have it, fields to compare)
 STRUCTS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -53,6 +71,8 @@ def _program() -> str:
     lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <linux/kvm.h>", "int main(void) {"]
     for name in sorted(_ffi.IOCTL_NAMES.values()):
         lines += [f"#ifdef {name}", f'  printf("ioctl {name} %lu\\n", (unsigned long){name});', "#endif"]
+    for name in sorted(uapi_constants()):
+        lines += [f"#ifdef {name}", f'  printf("const {name} %llu\\n", (unsigned long long)({name}));', "#endif"]
     for struct, (guard, fields) in STRUCTS.items():
         lines.append(f"#ifdef {guard}")
         lines.append(f'  printf("size {struct} %zu\\n", sizeof(struct {struct}));')
@@ -80,12 +100,15 @@ def check(include_dir: str | Path, cc: str = "gcc") -> HeaderCheck:
             raise RuntimeError(f"compiling against {include_dir} failed:\n{r.stderr[-2000:]}")
         out = subprocess.run([exe], capture_output=True, text=True, check=True).stdout
     res = HeaderCheck([], [], [])
+    consts = uapi_constants()
     seen = set()
     for line in out.splitlines():
         kind, name, value = line.split()
         v = int(value)
         if kind == "ioctl":
             ours = getattr(_ffi, name)
+        elif kind == "const":
+            ours = consts[name]
         elif kind == "size":
             ours = _ffi.sizeof(f"struct {name}")
         else:
@@ -97,6 +120,9 @@ def check(include_dir: str | Path, cc: str = "gcc") -> HeaderCheck:
     for name in sorted(_ffi.IOCTL_NAMES.values()):
         if name not in seen:
             res.absent.append(f"ioctl {name}")
+    for name in sorted(consts):
+        if name not in seen:
+            res.absent.append(f"const {name}")
     for struct in STRUCTS:
         if struct not in seen:
             res.absent.append(f"struct {struct}")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from .uapi import Cap
+from typing import Any
+
+from .errors import MissingCapability
+from .uapi import Cap, GuestMemfdFlag
 
 TEST_KERNEL = ("run this tier inside the kvmffi test kernel (`kvmffi run tests/private`, which builds "
                "a KVM_SW_PROTECTED_VM kernel and boots it under QEMU), or use a host with SEV-SNP/TDX")
@@ -15,7 +18,6 @@ CAP_HINTS: dict[int, str] = {
     Cap.PRE_FAULT_MEMORY: "needs Linux >= 6.10 and a TDP MMU (kvm.tdp_mmu=Y on bare metal, or the test kernel)",
     Cap.VM_TYPES: "needs Linux >= 6.8 with a protected VM type; " + TEST_KERNEL,
     Cap.EXIT_HYPERCALL: "needs Linux >= 5.10 (KVM_CAP_EXIT_HYPERCALL)",
-    Cap.GUEST_MEMFD_MEMORY_ATTRIBUTES: "proposed uAPI (in-place conversion), not in a released kernel",
     Cap.MEMORY_FAULT_INFO: "needs Linux >= 6.8",
 }
 
@@ -24,3 +26,23 @@ def missing_cap_reason(cap: Cap, got: int, where: str = "/dev/kvm", want: str = 
     hint = CAP_HINTS.get(cap, "")
     s = f"{cap.kernel_name} is {got:#x} on {where} (need {want})"
     return f"{s}: {hint}" if hint else s
+
+
+def require_gmem_flags(vm: Any, flags: GuestMemfdFlag | int) -> None:
+    """Raise MissingCapability unless ``vm`` advertises every guest_memfd flag in ``flags``
+    (KVM_CAP_GUEST_MEMFD_FLAGS, asked on the VM fd)."""
+    __tracebackhide__ = True
+    flags = GuestMemfdFlag(flags)
+    have = GuestMemfdFlag(vm.check_extension(Cap.GUEST_MEMFD_FLAGS))
+    missing = flags & ~have
+    if not missing:
+        return
+    vtype = getattr(vm.type, "name", vm.type)
+    if have and GuestMemfdFlag.INIT_SHARED in missing and GuestMemfdFlag.MMAP in have:
+        how = ("VM types with private memory start guest_memfd private and never offer INIT_SHARED; "
+               "a DEFAULT VM does")
+    else:
+        how = CAP_HINTS[Cap.GUEST_MEMFD_FLAGS]
+    first = GuestMemfdFlag(missing & -missing)
+    raise MissingCapability(f"a {vtype} VM offers guest_memfd flags {have or 0}, this needs {flags}: {how}",
+                            feature=f"GUEST_MEMFD_FLAG_{first.name}")

@@ -68,6 +68,10 @@ def pytest_configure(config: pytest.Config) -> None:
                             "capability (on /dev/kvm, or with vm=True on a VM of the test's vm_type)")
     config.addinivalue_line("markers", "vm_types(*types): restrict the vm_type parametrization")
     config.addinivalue_line("markers", "numa: needs two or more NUMA nodes")
+    config.addinivalue_line("markers", "needs_gmem_flags(flags): parametrize vm_type only over the types whose "
+                            "KVM_CAP_GUEST_MEMFD_FLAGS include these flags")
+    config.addinivalue_line("markers", "kernel_bug(name): a known kernel bug (kvmffi.kernels.KNOWN_BUGS): an "
+                            "expected failure on the kernels that have it, a normal test on the others")
     config.addinivalue_line("markers", "any_vm_type: parametrize vm_type over every creatable type, "
                             "not only those with guest_memfd")
     config.addinivalue_line("markers", "private: needs private memory; vm_type goes over the types with "
@@ -85,12 +89,25 @@ def strict_mode() -> bool:
     return bool(_STATE["strict"])
 
 
-def skip_missing(reason: str) -> None:
-    """Skip because the kernel lacks something; a failure in strict mode."""
-    __tracebackhide__ = True
+def _missing_verdict(reason: str, feature: str | None) -> tuple[bool, str]:
+    """(fail?, message) for a missing capability: strict mode fails unless the kernel predates it."""
+    from .kernels import FEATURE_SINCE, predates, running
+    if feature is not None and predates(feature):
+        since = ".".join(map(str, FEATURE_SINCE[feature]))
+        return False, f"{reason} [{running().release} predates {feature} (Linux {since})]"
     if _STATE["strict"]:
-        pytest.fail(f"strict mode: {reason}", pytrace=False)
-    pytest.skip(reason)
+        return True, f"strict mode: {reason}"
+    return False, reason
+
+
+def skip_missing(reason: str, feature: str | None = None) -> None:
+    """Skip because the kernel lacks something; a failure in strict mode, unless the running kernel
+    predates ``feature`` (a kvmffi.kernels.FEATURE_SINCE key), which it then lacks by design."""
+    __tracebackhide__ = True
+    fail, msg = _missing_verdict(reason, feature)
+    if fail:
+        pytest.fail(msg, pytrace=False)
+    pytest.skip(msg)
 
 
 def require_cap(cap: Cap, vm: Vm | None = None, min: int = 1) -> int:
@@ -107,7 +124,7 @@ def require_cap(cap: Cap, vm: Vm | None = None, min: int = 1) -> int:
         got = cached
         where = "/dev/kvm"
     if got < min:
-        skip_missing(missing_cap_reason(cap, got, where, f">= {min}"))
+        skip_missing(missing_cap_reason(cap, got, where, f">= {min}"), cap.kernel_name)
     return got
 
 
@@ -168,6 +185,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if metafunc.definition.get_closest_marker("private"):
         need = "private"
     types = _creatable_types(h, need)
+    nf = metafunc.definition.get_closest_marker("needs_gmem_flags")
+    if nf is not None:
+        want = int(nf.args[0])
+        with_flags = [t for t in types if (vc := h.vm_type(t)) is not None and vc.guest_memfd_flags & want == want]
+        types = with_flags or types[:1]  # none: the first runs, and explains its skip
     m = metafunc.definition.get_closest_marker("vm_types")
     if m is not None:
         wanted = [VmType(int(t)) for t in m.args]
@@ -251,7 +273,21 @@ def requires_guest_memfd(vm: Vm) -> None:
     require_cap(Cap.GUEST_MEMFD, vm)
 
 
+def expect_kernel_bug(item: pytest.Item, name: str) -> None:
+    """Mark the test an expected failure if the running kernel has the known bug ``name``.
+
+    It still runs: on a kernel that fixed the bug it XPASSes (reported), and on kernels outside
+    the bug's range it is an ordinary test.
+    """
+    from .kernels import known_bug
+    bug = known_bug(name)
+    if bug.affected():
+        item.add_marker(pytest.mark.xfail(reason=bug.reason(), strict=False, run=True))
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    for m in item.iter_markers("kernel_bug"):
+        expect_kernel_bug(item, m.args[0])
     if item.get_closest_marker("private") is not None:
         callspec = getattr(item, "callspec", None)
         t = callspec.params.get("vm_type", VmType.SW_PROTECTED) if callspec else VmType.SW_PROTECTED
@@ -300,6 +336,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     """On a failure, attach the tail of the kernel log: a WARN or an oops is often the real story."""
     outcome = yield
     rep = outcome.get_result()
+    from .errors import MissingCapability
+    if rep.failed and call.excinfo is not None and isinstance(call.excinfo.value, MissingCapability) \
+            and not hasattr(rep, "wasxfail"):
+        exc = call.excinfo.value
+        fail, msg = _missing_verdict(exc.reason, exc.feature)
+        if fail:
+            rep.longrepr = msg
+        else:
+            rep.outcome = "skipped"
+            rep.longrepr = (str(item.path), (item.location[1] or 0) + 1, f"Skipped: {msg}")
+        return
     if rep.failed and call.when in ("setup", "call"):
         rep.sections.append(("kernel log (last 20 lines of dmesg)", _kernel_log_tail()))
 

@@ -25,6 +25,20 @@ def expect_errno(expected: int, what: str, fn: Callable[..., Any], /, *args: Any
         raise AssertionError(f"{what} should {want}, got {errno_name(got)}")
 
 
+def expect_answer(behaviour: Any, what: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> int:
+    """Assert ``fn(*args)`` gives (as an errno, 0 = success) an answer the running kernel may give for
+    ``behaviour`` (a kvmffi.kernels.Behaviour); the failure lists every kernel's answer. Returns it."""
+    __tracebackhide__ = True
+    from .kernels import running
+    got = errno_of(fn, *args, **kwargs)
+    allowed = behaviour.expected()
+    if got not in allowed:
+        want = " or ".join(errno_name(a) if isinstance(a, int) else str(a) for a in allowed) or "(no answer known)"
+        raise AssertionError(f"{what} should give {want} on {running()}, got {errno_name(got)}. "
+                             f"Known answers: {behaviour.describe()}")
+    return got
+
+
 @dataclass(frozen=True)
 class ChildResult:
     """How a child process ended: ``signal`` (e.g. SIGBUS) or ``exitcode``."""
@@ -95,5 +109,5 @@ def touch(buf: Any, offset: int, write: bool = False) -> None:
         _ = buf[offset]
 
 
-__all__ = ["ChildResult", "expect_errno", "not_this_vms_guest_memfds", "run_in_child", "touch", "errno_of",
+__all__ = ["ChildResult", "expect_answer", "expect_errno", "not_this_vms_guest_memfds", "run_in_child", "touch", "errno_of",
            "errno_name"]

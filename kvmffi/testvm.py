@@ -28,6 +28,7 @@ from .guest import build as _build
 from .guest import elf as _elf
 from .guest import x86
 from .guest_memfd import GuestMemfd
+from .hints import require_gmem_flags
 from .memory import HostMemory
 from .system import Kvm
 from .uapi import GuestMemfdFlag, IoDirection, MemslotFlag, VmType
@@ -166,6 +167,10 @@ class RunResult:
 
 
 BACKINGS = ("anon", "memfd", "thp", "hugetlb", "gmem", "gmem-mmap", "gmem-only")
+# guest_memfd flags a backing needs: the in-place ones map the file as the shared half
+BACKING_GMEM_FLAGS = {"gmem": GuestMemfdFlag(0),
+                      "gmem-mmap": GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED,
+                      "gmem-only": GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED}
 
 
 class TestVm:
@@ -266,8 +271,8 @@ class TestVm:
         try:
             if backing.startswith("gmem"):
                 if gmem is None:
-                    gf = gmem_flags if gmem_flags is not None else (
-                        0 if backing == "gmem" else GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED)
+                    gf = gmem_flags if gmem_flags is not None else BACKING_GMEM_FLAGS[backing]
+                    require_gmem_flags(self.vm, gf)  # asked on this VM: MissingCapability names what lacks
                     gmem = self.vm.create_guest_memfd(gmem_offset + size, gf)
                 if backing == "gmem":
                     host = self._host_memory(shared_backing, size)

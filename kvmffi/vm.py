@@ -106,6 +106,13 @@ class Vm(FdOwner):
         if ret < 0:
             raise self._error("KVM_ENABLE_CAP", err, {"cap": cap, "args": "[" + ", ".join(hex(a) for a in args) + "]", "flags": flags})
 
+    def set_nr_mmu_pages(self, pages: int) -> None:
+        """KVM_SET_NR_MMU_PAGES: the shadow MMU's page budget (x86), as the selftests set it before
+        running a VM with no memslots."""
+        ret, err = _ffi.ioctl_int(self.fileno(), _ffi.KVM_SET_NR_MMU_PAGES, pages)
+        if ret < 0:
+            raise self._error("KVM_SET_NR_MMU_PAGES", err, {"pages": pages})
+
     # -- guest_memfd ---------------------------------------------------------
     def create_guest_memfd(self, size: int, flags: GuestMemfdFlag | int = 0,
                            reserved: tuple[int, ...] | None = None) -> GuestMemfd:

@@ -10,6 +10,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from ..cache import cache_dir
+
 CFLAGS = ["-ffreestanding", "-fno-pic", "-fno-pie", "-static", "-nostdlib", "-no-pie", "-mno-red-zone",
           "-mgeneral-regs-only", "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-fcf-protection=none",
           "-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror=implicit-function-declaration"]
@@ -33,15 +35,6 @@ def _guests_dir(env: str | None) -> Path:
         if (cand / "include" / "kvmffi_guest.h").exists():
             return cand
     raise FileNotFoundError("guest sources not found: set KVMFFI_GUESTS to the guests/ directory")
-
-
-def cache_dir() -> Path:
-    """$KVMFFI_CACHE, else $XDG_CACHE_HOME/kvmffi, else ~/.cache/kvmffi."""
-    env = os.environ.get("KVMFFI_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "kvmffi"
 
 
 _cc_version: dict[str, str] = {}

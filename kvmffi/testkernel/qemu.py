@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..guest.build import cache_dir
+from ..cache import cache_dir
 
 BEGIN = "KVMFFI-BEGIN-7d1f"
 EXIT = "KVMFFI-EXIT-7d1f="

@@ -75,16 +75,17 @@ def _unevictable_kib() -> int:
 def test_allocate_and_punch_hole_move_real_memory(vm, gmem_factory, gmem_flags) -> None:  # noqa: ANN001
     """Allocating 64 MiB takes that much unevictable memory; punching it gives it back.
 
-    st_blocks cannot tell: this kernel does not account guest_memfd pages in i_blocks
-    (it stays 0, asserted below), so the check reads /proc/meminfo's Unevictable, where
-    guest_memfd pages live. Tolerance: 12.5% for other activity on the machine.
+    st_blocks cannot tell: kernels through 7.3 do not account guest_memfd pages in i_blocks
+    (it stays 0; a kernel that starts accounting them would show the whole size), so the
+    check reads /proc/meminfo's Unevictable, where guest_memfd pages live. Tolerance: 12.5%
+    for other activity on the machine.
     """
     size = 64 << 20
     g = gmem_factory(vm, size, gmem_flags)
     before = _unevictable_kib()
     g.allocate(0, size)
     allocated = _unevictable_kib() - before
-    assert g.stat().st_blocks == 0
+    assert g.stat().st_blocks in (0, size // 512), f"st_blocks {g.stat().st_blocks} after allocating {size:#x}"
     g.punch_hole(0, size)
     freed = before + allocated - _unevictable_kib()
     want = (size >> 10) * 7 // 8

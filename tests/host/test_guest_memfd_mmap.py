@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from kvmffi import PAGE_SIZE, Cap, GuestMemfdFlag, KvmError
-from kvmffi.pytest_plugin import skip_missing
+from kvmffi.hints import require_gmem_flags
 from kvmffi.testing import run_in_child, touch
 
 SIZE = 4 * PAGE_SIZE
@@ -16,12 +16,7 @@ MMAP = GuestMemfdFlag.MMAP
 SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED
 
 
-def need_flags(vm, flags: GuestMemfdFlag) -> None:  # noqa: ANN001
-    __tracebackhide__ = True
-    have = GuestMemfdFlag(vm.check_extension(Cap.GUEST_MEMFD_FLAGS))
-    if (have & flags) != flags:
-        skip_missing(f"KVM_CAP_GUEST_MEMFD_FLAGS is {have} on a {vm.type.name} VM, this test needs {flags}: "
-                     "needs Linux >= 6.18 (GUEST_MEMFD_FLAG_MMAP / INIT_SHARED)")
+need_flags = require_gmem_flags
 
 
 def test_mmap_without_mmap_flag_fails(vm, gmem_factory) -> None:  # noqa: ANN001
@@ -33,16 +28,21 @@ def test_mmap_without_mmap_flag_fails(vm, gmem_factory) -> None:  # noqa: ANN001
         assert ei.value.errno == errno.ENODEV, f"mmap({length:#x}) without MMAP flag: {ei.value}"
 
 
-@pytest.mark.parametrize("flags", [MMAP, SHARED], ids=["MMAP", "MMAP+INIT_SHARED"])
-def test_map_private_fails(vm, gmem_factory, flags: GuestMemfdFlag) -> None:  # noqa: ANN001
-    """guest_memfd has no copy-on-write: MAP_PRIVATE is EINVAL."""
-    need_flags(vm, flags)
-    g = gmem_factory(vm, SIZE, flags)
-    with pytest.raises(KvmError) as ei:
-        g.mmap(shared=False)
-    assert ei.value.errno == errno.EINVAL
+@pytest.mark.needs_gmem_flags(MMAP)
+def test_map_private_fails(vm, gmem_factory) -> None:  # noqa: ANN001
+    """guest_memfd has no copy-on-write: MAP_PRIVATE is EINVAL, for every advertised flag set with MMAP."""
+    need_flags(vm, MMAP)
+    have = vm.guest_memfd_flags()
+    for flags in (MMAP, SHARED):
+        if flags & have != flags:
+            continue
+        g = gmem_factory(vm, SIZE, flags)
+        with pytest.raises(KvmError) as ei:
+            g.mmap(shared=False)
+        assert ei.value.errno == errno.EINVAL, f"mmap(MAP_PRIVATE) of a guest_memfd with {flags}: {ei.value}"
 
 
+@pytest.mark.needs_gmem_flags(SHARED)
 def test_init_shared_write_read_punch(vm, gmem_factory) -> None:  # noqa: ANN001
     """Write/read back the whole mapping; PUNCH_HOLE of page 0 reads back zeros, the rest intact."""
     need_flags(vm, SHARED)
@@ -58,6 +58,7 @@ def test_init_shared_write_read_punch(vm, gmem_factory) -> None:  # noqa: ANN001
         assert m[:PAGE_SIZE] == b"\xaa" * PAGE_SIZE
 
 
+@pytest.mark.needs_gmem_flags(SHARED)
 def test_data_survives_unmap_and_remap(vm, gmem_factory) -> None:  # noqa: ANN001
     need_flags(vm, SHARED)
     g = gmem_factory(vm, SIZE, SHARED)
@@ -69,6 +70,7 @@ def test_data_survives_unmap_and_remap(vm, gmem_factory) -> None:  # noqa: ANN00
         assert m3[100:104] == b"kvm!" and m3[PAGE_SIZE:PAGE_SIZE + 4] == b"page"
 
 
+@pytest.mark.needs_gmem_flags(MMAP)
 @pytest.mark.parametrize("write", [False, True], ids=["read", "write"])
 def test_mmap_without_init_shared_sigbus(vm, gmem_factory, write: bool) -> None:  # noqa: ANN001
     """MMAP without INIT_SHARED: memory starts private, so any host access is SIGBUS."""
@@ -80,6 +82,7 @@ def test_mmap_without_init_shared_sigbus(vm, gmem_factory, write: bool) -> None:
             assert r.signal == signal.SIGBUS, f"{'write' if write else 'read'} at {off:#x}: child {r}"
 
 
+@pytest.mark.needs_gmem_flags(SHARED)
 def test_access_past_eof_sigbus(vm, gmem_factory) -> None:  # noqa: ANN001
     """A mapping longer than the file: below EOF works, at and after EOF is SIGBUS."""
     need_flags(vm, SHARED)
@@ -96,6 +99,7 @@ def test_access_past_eof_sigbus(vm, gmem_factory) -> None:  # noqa: ANN001
 MADV_COLLAPSE = 25
 
 
+@pytest.mark.needs_gmem_flags(SHARED)
 def test_madvise(vm, gmem_factory) -> None:  # noqa: ANN001
     """MADV_HUGEPAGE succeeds, MADV_COLLAPSE is EINVAL, MADV_DONTNEED keeps the data (file-backed)."""
     need_flags(vm, SHARED)
@@ -119,6 +123,7 @@ def _numa_nodes() -> list[int]:
 
 
 @pytest.mark.numa
+@pytest.mark.needs_gmem_flags(SHARED)
 @pytest.mark.parametrize("policy", ["interleave", "bind", "default", "invalid"])
 def test_numa_mbind_round_trip(vm, gmem_factory, policy: str) -> None:  # noqa: ANN001
     """CHECKLIST 24: mbind on a guest_memfd mapping round-trips through get_mempolicy (>= 2 NUMA nodes)."""
@@ -142,6 +147,7 @@ def test_numa_mbind_round_trip(vm, gmem_factory, policy: str) -> None:  # noqa: 
 
 
 @pytest.mark.numa
+@pytest.mark.needs_gmem_flags(SHARED)
 def test_numa_policy_decides_node(vm, gmem_factory) -> None:  # noqa: ANN001
     """CHECKLIST 25: a BIND policy set before allocation decides where pages land (>= 2 NUMA nodes)."""
     nodes = _numa_nodes()

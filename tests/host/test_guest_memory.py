@@ -2,13 +2,13 @@
 
 import pytest
 
-from kvmffi import Kvm, MmioExit
-from kvmffi.caps import vendor_module
-from kvmffi.testvm import TEST_GPA, TestMemory, TestVm, UnexpectedExit, check_marks, fill_marks
+from kvmffi import GuestMemfdFlag, Kvm, VmType
+from kvmffi.testvm import TEST_GPA, TestMemory, TestVm, check_marks, fill_marks
 
 SIZE = 2 << 20
 HOST_PATTERN = 0xAAAAAAAAAAAAAAAA
 GUEST_PATTERN = 0x5555555555555555
+SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED
 
 
 def prepare_shared_mem(t: TestVm, mem: TestMemory, punch_check: bool) -> None:
@@ -19,9 +19,7 @@ def prepare_shared_mem(t: TestVm, mem: TestMemory, punch_check: bool) -> None:
         t.set_param(name, v)
 
 
-@pytest.mark.parametrize("backing", ["anon", "memfd", "thp", "gmem", "gmem-mmap"])
-def test_host_and_guest_share_test_memory(kvm: Kvm, vm_type, backing: str) -> None:  # noqa: ANN001
-    """Host writes, the guest reads it at 4 GiB and writes back, the host sees the guest's writes."""
+def share_test_memory(kvm: Kvm, vm_type: VmType, backing: str) -> None:
     with TestVm("shared_mem", kvm=kvm, vm_type=vm_type) as t:
         mem = t.add_memory(TEST_GPA, SIZE, backing)
         prepare_shared_mem(t, mem, punch_check=False)
@@ -29,12 +27,26 @@ def test_host_and_guest_share_test_memory(kvm: Kvm, vm_type, backing: str) -> No
         assert check_marks(mem.host, 0, SIZE, GUEST_PATTERN) == -1
 
 
+@pytest.mark.parametrize("backing", ["anon", "memfd", "thp", "gmem"])
+def test_host_and_guest_share_test_memory(kvm: Kvm, vm_type, backing: str) -> None:  # noqa: ANN001
+    """Host writes, the guest reads it at 4 GiB and writes back, the host sees the guest's writes."""
+    share_test_memory(kvm, vm_type, backing)
+
+
+@pytest.mark.needs_gmem_flags(SHARED)
+def test_host_and_guest_share_guest_memfd_in_place(kvm: Kvm, vm_type) -> None:  # noqa: ANN001
+    """The same through guest_memfd's own mapping (MMAP|INIT_SHARED) as the slot's shared memory."""
+    share_test_memory(kvm, vm_type, "gmem-mmap")
+
+
+@pytest.mark.needs_gmem_flags(SHARED)
+@pytest.mark.kernel_bug("pvm_gmem_only_slot_not_served")
 def test_guest_memfd_in_place_with_no_userspace_addr(kvm: Kvm, vm_type) -> None:  # noqa: ANN001
     """CHECKLIST 26: slot != 0 at 4 GiB with userspace_addr = 0; a fresh mapping sees the guest's writes.
 
-    Upstream KVM (6.18, TDP MMU) serves such a "guest_memfd only" slot from the file.
-    The paravirtualized kvm_pvm does not: the guest's first access is a KVM_EXIT_MMIO
-    at the slot's GPA. That is the kernel's answer on such hosts, asserted as such.
+    KVM serves such a "guest_memfd only" slot (MMAP|INIT_SHARED) from the file itself
+    (upstream: 6.18 and 7.3). kvm_pvm does not: the guest's first access is a KVM_EXIT_MMIO
+    at the slot's GPA, a known bug there (an expected failure).
     """
     with TestVm("shared_mem", kvm=kvm, vm_type=vm_type) as t:
         mem = t.add_memory(TEST_GPA, SIZE, "gmem-only", slot=7)
@@ -45,17 +57,12 @@ def test_guest_memfd_in_place_with_no_userspace_addr(kvm: Kvm, vm_type) -> None:
         mem.host = None
         with mem.gmem.mmap() as before:
             fill_marks(before, 0, SIZE, HOST_PATTERN)
-        if vendor_module() == "kvm_pvm":
-            with pytest.raises(UnexpectedExit) as ei:
-                t.run()
-            ex = ei.value.exit
-            assert isinstance(ex, MmioExit) and (ex.phys_addr, ex.is_write, ex.len) == (TEST_GPA, False, 8)
-            return
         t.run()
         with mem.gmem.mmap() as after:
             assert check_marks(after, 0, SIZE, GUEST_PATTERN) == -1
 
 
+@pytest.mark.needs_gmem_flags(SHARED)
 @pytest.mark.parametrize("backing", ["gmem-mmap"])
 def test_punched_page_reads_zero_in_guest(kvm: Kvm, vm_type, backing: str) -> None:  # noqa: ANN001
     """PUNCH_HOLE of page 0 while the guest has it mapped: the guest reads zeros, the rest is intact."""
@@ -77,6 +84,7 @@ def test_punched_page_reads_zero_in_guest(kvm: Kvm, vm_type, backing: str) -> No
         assert check_marks(mem.host, 0, SIZE, GUEST_PATTERN) == -1
 
 
+@pytest.mark.needs_gmem_flags(SHARED)
 @pytest.mark.parametrize("nr_vcpus", [2, 4])
 def test_vcpus_on_disjoint_ranges(kvm: Kvm, vm_type, nr_vcpus: int) -> None:  # noqa: ANN001
     chunk = 1 << 20

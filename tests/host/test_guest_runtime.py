@@ -4,8 +4,7 @@ import threading
 
 import pytest
 
-from kvmffi import Cap, HypercallExit, IoDirection, Kvm, MmioExit
-from kvmffi.probes import HYPERCALL_QUIRK, hypercall_exits_delivered
+from kvmffi import Cap, GuestMemfdFlag, HypercallExit, IoDirection, Kvm, MmioExit
 from kvmffi.pytest_plugin import skip_missing
 from kvmffi.testvm import (TEST_GPA, GuestAssertionError, GuestException, GuestHang, GuestTripleFault, TestVm,
                            UnexpectedExit)
@@ -134,6 +133,7 @@ def test_write_to_readonly_memslot_is_mmio_exit(kvm: Kvm, vm_type) -> None:  # n
         assert mem.read(0, 8) == b"\x11" * 8
 
 
+@pytest.mark.needs_gmem_flags(GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED)
 def test_guest_executes_code_from_guest_memfd(kvm: Kvm, vm_type) -> None:  # noqa: ANN001
     """The host writes `mov $0x1234abcd, %eax; ret` into guest_memfd; the guest calls it."""
     code = bytes.fromhex("b8cdab3412c3")
@@ -147,12 +147,15 @@ def test_guest_executes_code_from_guest_memfd(kvm: Kvm, vm_type) -> None:  # noq
     assert got == [0x1234ABCD]
 
 
+@pytest.mark.kernel_bug("pvm_hypercall_exits_not_delivered")
 def test_hypercall_exit(kvm: Kvm, vm_type) -> None:  # noqa: ANN001
-    """KVM_HC_MAP_GPA_RANGE reaches userspace with nr/args/longmode; the guest sees the host's ret."""
+    """KVM_HC_MAP_GPA_RANGE reaches userspace with nr/args/longmode; the guest sees the host's ret.
+
+    Where vmcall/vmmcall never leave KVM_RUN (kvm_pvm) the watchdog ends the run after 5 s
+    (GuestHang): a known bug there, an expected failure.
+    """
     if not kvm.check_extension(Cap.EXIT_HYPERCALL) & (1 << 12):
         skip_missing("KVM_CAP_EXIT_HYPERCALL lacks bit 12 (KVM_HC_MAP_GPA_RANGE): needs Linux >= 6.0")
-    if hypercall_exits_delivered(kvm) is False:
-        pytest.skip(HYPERCALL_QUIRK)  # a host quirk, not a missing capability: a skip even in strict mode
     exits, ret = [], []
 
     def on_exit(vcpu, ex) -> bool:  # noqa: ANN001

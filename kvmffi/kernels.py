@@ -1,0 +1,208 @@
+"""What KVM answers differently across kernels, said once.
+
+Where the uAPI's documented answer is the same everywhere, a test asserts it directly. Where
+kernels legitimately differ and no capability tells which answer to expect, the test reads the
+answer for the running kernel here: each behaviour lists every answer with the kernels that give
+it (measured, or read in that version's source). Versions between two known answers accept
+either, and say so. Known kernel bugs are listed with the first kernel without them: tests
+marked ``@pytest.mark.kernel_bug(NAME)`` run as expected failures on affected kernels, so a fix
+shows as XPASS and a regression on a fixed kernel fails.
+
+Answers of one KVM implementation rather than one version (the paravirtualized kvm_pvm) carry
+its module name.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from dataclasses import dataclass
+
+Version = tuple[int, int]
+NEWEST_KNOWN = (7, 3)            # the newest kernel whose answers are recorded here
+NEWEST_KNOWN_NEXT = (7, 4)
+VENDOR_MODULES = ("kvm_pvm", "kvm_amd", "kvm_intel")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    release: str
+    version: Version
+    module: str          # the KVM vendor module in use: kvm_amd, kvm_intel, kvm_pvm, or ""
+
+    def __str__(self) -> str:
+        return f"{self.release} ({self.module or 'no KVM module'})"
+
+
+def parse_release(release: str) -> Version:
+    m = re.match(r"^(\d+)\.(\d+)", release)
+    if not m:
+        raise ValueError(f"kernel release {release!r} does not start with MAJOR.MINOR")
+    return int(m.group(1)), int(m.group(2))
+
+
+def vendor_module() -> str:
+    """The KVM vendor module in use. Built-in kvm_intel and kvm_amd both show in /sys/module (both
+    have parameters), so the CPU's virtualization flag decides between them."""
+    present = [m for m in VENDOR_MODULES if os.path.isdir(f"/sys/module/{m}")]
+    if "kvm_pvm" in present or len(present) <= 1:
+        return present[0] if present else ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    if "svm" in flags and "kvm_amd" in present:
+        return "kvm_amd"
+    if "vmx" in flags and "kvm_intel" in present:
+        return "kvm_intel"
+    return present[0]
+
+
+@functools.lru_cache(maxsize=1)
+def running() -> Kernel:
+    release = os.uname().release
+    return Kernel(release, parse_release(release), vendor_module())
+
+
+@dataclass(frozen=True)
+class Answer:
+    value: object
+    since: Version | None = None      # first version with this answer (None: from the start)
+    until: Version | None = None      # first version without it (None: still)
+    module: str | None = None         # only on this KVM implementation
+    kernels: str = ""                 # which kernels were seen giving it, for messages
+
+    def applies(self, k: Kernel) -> bool:
+        if self.module is not None and self.module != k.module:
+            return False
+        if self.since is not None and k.version < self.since:
+            return False
+        return not (self.until is not None and k.version >= self.until)
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    name: str
+    what: str
+    answers: tuple[Answer, ...]
+    why: str = ""
+
+    def expected(self, k: Kernel | None = None) -> list[object]:
+        """The answers the running kernel may give: one where its version is known, several in a gap."""
+        k = k or running()
+        specific = [a for a in self.answers if a.module is not None and a.applies(k)]
+        found = specific or [a for a in self.answers if a.module is None and a.applies(k)]
+        return [a.value for a in found]
+
+    def describe(self) -> str:
+        def name(v: object) -> str:
+            from .errors import errno_name
+            return errno_name(v) if isinstance(v, int) else str(v)
+        return f"{self.what}: " + "; ".join(f"{name(a.value)} on {a.kernels}" for a in self.answers) + (
+            f" ({self.why})" if self.why else "")
+
+
+@dataclass(frozen=True)
+class KnownBug:
+    name: str
+    what: str
+    fixed_in: str                     # the first kernel without it, as known
+    affects: tuple[Answer, ...]       # the kernels that have it (value unused)
+
+    def affected(self, k: Kernel | None = None) -> bool:
+        k = k or running()
+        return any(a.applies(k) for a in self.affects)
+
+    def reason(self) -> str:
+        return f"known kernel bug: {self.what}; fixed in {self.fixed_in}"
+
+
+BEHAVIOURS: dict[str, Behaviour] = {b.name: b for b in (
+    Behaviour(
+        "gmem_range_already_bound",
+        "binding a guest_memfd range that another memslot already binds (disjoint GPAs)",
+        (Answer(22, until=(6, 19), kernels="6.8-6.18 (measured: 6.12, 6.18)"),
+         Answer(17, since=(7, 2), kernels="7.2 and later (7.2 source; measured: 7.3)"),
+         Answer(22, since=(6, 19), until=(7, 2), kernels="6.19-7.1 (not measured)"),
+         Answer(17, since=(6, 19), until=(7, 2), kernels="6.19-7.1 (not measured)")),
+        "kvm_gmem_bind() returned EINVAL for every refusal; later kernels say EEXIST for an overlap"),
+    Behaviour(
+        "memslot_flag_bits_3_31",
+        "KVM_SET_USER_MEMORY_REGION(2) with a flag bit from 3 to 31",
+        (Answer(22, until=NEWEST_KNOWN_NEXT, kernels="every kernel through 7.3, which define bits 0-2 only"),
+         Answer(0, since=NEWEST_KNOWN_NEXT, kernels="kernels newer than 7.3 may define new flags"),
+         Answer(22, since=NEWEST_KNOWN_NEXT, kernels="kernels newer than 7.3 (unknown bits)")),
+        "include/uapi/linux/kvm.h: KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEM_GUEST_MEMFD"),
+    Behaviour(
+        "gmem_reserved_nonzero",
+        "KVM_CREATE_GUEST_MEMFD with a non-zero kvm_create_guest_memfd.reserved[] word",
+        (Answer(0, until=NEWEST_KNOWN_NEXT, kernels="6.8-7.3 (not checked; measured: 6.12, 6.18, 7.3)"),
+         Answer(0, since=NEWEST_KNOWN_NEXT, kernels="newer kernels, unchecked"),
+         Answer(22, since=NEWEST_KNOWN_NEXT, kernels="newer kernels that start checking it")),
+        "api.rst does not say the reserved words are checked"),
+)}
+
+
+KNOWN_BUGS: dict[str, KnownBug] = {b.name: b for b in (
+    KnownBug(
+        "gmem_bind_offset_overflow",
+        "KVM_SET_USER_MEMORY_REGION2 accepts a guest_memfd offset whose offset + size overflows "
+        "(offset 0x7ffffffffffff000: a signed overflow in kvm_gmem_bind's range check)",
+        "7.2 (offsets are unsigned, uoff_t; 6.12 refuses it too: its offset was u64)",
+        (Answer(None, since=(6, 13), until=(7, 2), kernels="6.13-7.1 (measured: 6.18)"),)),
+    KnownBug(
+        "pvm_gmem_only_slot_not_served",
+        "kvm_pvm does not serve a guest_memfd slot with userspace_addr 0 from the file: the guest's "
+        "access is a KVM_EXIT_MMIO",
+        "no kvm_pvm release yet (upstream KVM serves it)",
+        (Answer(None, module="kvm_pvm", kernels="kvm_pvm"),)),
+    KnownBug(
+        "pvm_hypercall_exits_not_delivered",
+        "on kvm_pvm, vmcall/vmmcall never leave KVM_RUN (the vCPU re-executes the instruction) even with "
+        "KVM_CAP_EXIT_HYPERCALL enabled for KVM_HC_MAP_GPA_RANGE",
+        "no kvm_pvm release yet (upstream KVM exits with KVM_EXIT_HYPERCALL)",
+        (Answer(None, module="kvm_pvm", kernels="kvm_pvm"),)),
+    KnownBug(
+        "pre_fault_obsolete_root_livelock",
+        "KVM_PRE_FAULT_MEMORY retries forever on the vCPU's obsolete MMU root after a memslot is "
+        "deleted and recreated, until the vCPU next enters KVM_RUN",
+        "7.3 or earlier (7.3 completes the pre-fault; the first fixed version is not known)",
+        (Answer(None, since=(6, 10), until=(7, 3), kernels="6.10-7.2 (measured: 6.12)"),)),
+)}
+
+
+def behaviour(name: str) -> Behaviour:
+    try:
+        return BEHAVIOURS[name]
+    except KeyError:
+        raise KeyError(f"no behaviour {name!r} in kvmffi.kernels.BEHAVIOURS") from None
+
+
+def known_bug(name: str) -> KnownBug:
+    try:
+        return KNOWN_BUGS[name]
+    except KeyError:
+        raise KeyError(f"no known bug {name!r} in kvmffi.kernels.KNOWN_BUGS") from None
+
+
+# The first upstream release of each feature the suites may need. A kernel older than that lacks
+# it by design: strict mode keeps such a skip a skip; on a newer kernel its absence is a failure.
+FEATURE_SINCE: dict[str, Version] = {
+    "KVM_CAP_USER_MEMORY2": (6, 8),
+    "KVM_CAP_MEMORY_FAULT_INFO": (6, 8),
+    "KVM_CAP_MEMORY_ATTRIBUTES": (6, 8),
+    "KVM_CAP_GUEST_MEMFD": (6, 8),
+    "KVM_CAP_VM_TYPES": (6, 8),
+    "KVM_CAP_PRE_FAULT_MEMORY": (6, 10),
+    "KVM_CAP_GUEST_MEMFD_FLAGS": (6, 18),
+    "GUEST_MEMFD_FLAG_MMAP": (6, 18),
+    "GUEST_MEMFD_FLAG_INIT_SHARED": (6, 18),
+}
+
+
+def predates(feature: str, k: Kernel | None = None) -> bool:
+    """True when the running kernel is older than the first release with ``feature``."""
+    since = FEATURE_SINCE.get(feature)
+    return since is not None and (k or running()).version < since
