@@ -1,34 +1,42 @@
 #!/usr/bin/env bash
 # The test command: install, type-check, then run every tier:
+#   test kernels   Debian's linux-source-6.12 and linux-source-7.3, built once, cached
 #   unit tier      no /dev/kvm needed
 #   host tier      this machine's /dev/kvm, strict (a capability skip is a failure)
-#   private tier   inside the test kernel (built once, cached), strict
-# KVMFFI_SKIP_PRIVATE=1 leaves the private tier out (e.g. a host without QEMU).
+#   in each test kernel (6.12, 7.3): the host and private tiers, strict
+# KVMFFI_SKIP_PRIVATE=1 leaves the test kernels out (e.g. a host without QEMU).
+# KVMFFI_TEST_KERNELS="6.12 7.3" chooses the kernel versions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 start=$(date +%s)
+versions=${KVMFFI_TEST_KERNELS:-6.12 7.3}
 
 echo "== mypy"
 mypy
 
+declare -A kernel
+if [ "${KVMFFI_SKIP_PRIVATE:-0}" != 1 ]; then
+  for v in $versions; do
+    echo "== test kernel $v (built once, then cached)"
+    kernel[$v]=$(kvmffi kernel build --version "$v" | tail -n 1)
+  done
+fi
+
 echo "== unit tier"
 python -m pytest -q -p no:cacheprovider tests/unit
-
-if [ "${KVMFFI_SKIP_PRIVATE:-0}" != 1 ]; then
-  echo "== test kernel (built once, then cached)"
-  kernel=$(kvmffi kernel build | tail -n 1)
-fi
 
 echo "== host tier (strict) on $(uname -r)"
 kvmffi caps
 KVMFFI_STRICT=1 python -m pytest -q -p no:cacheprovider tests/host
 
 if [ "${KVMFFI_SKIP_PRIVATE:-0}" = 1 ]; then
-  echo "== private tier: left out (KVMFFI_SKIP_PRIVATE=1)"
+  echo "== test kernels: left out (KVMFFI_SKIP_PRIVATE=1)"
 else
-  echo "== private tier (strict) in the test kernel"
-  kvmffi run --strict --kernel "$kernel" tests/private
+  for v in $versions; do
+    echo "== host and private tiers (strict) in the $v test kernel"
+    kvmffi run --strict --kernel "${kernel[$v]}"
+  done
 fi
 echo "== all tiers passed in $(( $(date +%s) - start )) s"

@@ -1,12 +1,15 @@
 /* Private <-> shared conversion, as x86/private_mem_conversions_test does it, per vCPU.
  *
  * For each range shape {(0,4K), (0,2M), (4K,4K), (4K,2M), (2M,4K)} of this vCPU's area:
- *   1. write an "init" pattern while shared; the host sees it in its shared view;
+ *   1. write an "init" pattern while shared; the host sees it in its shared view and
+ *      writes its own "host" pattern, which the guest then reads;
  *   2. convert to private, write a "private" pattern: the host's shared view still
- *      shows init (private writes are invisible to it), the neighbours stay shared;
- *   3. convert the odd pages back to shared one by one: they read init again, the
- *      even pages still read the private pattern (holes);
- *   4. convert the whole range back to shared: init everywhere.
+ *      shows the host pattern (private writes are invisible to it), the neighbours stay
+ *      shared;
+ *   3. convert the odd pages back to shared one by one: they read the host pattern
+ *      again, the even pages still read the private pattern (holes);
+ *   4. convert the whole range back to shared: the host pattern everywhere; the host
+ *      writes a last pattern, which the guest reads.
  * Then punch holes in private memory: the precise page, then the whole range, read zero.
  * Conversions go through KVM_HC_MAP_GPA_RANGE (use_hypercall) or a ucall to the host.
  * Patterns are page marks (first and last 8 bytes of each page).
@@ -17,7 +20,8 @@
 #define SZ_2M 0x200000ul
 
 enum {
-	SYNC_CHECK_SHARED = 1,  /* args: gpa, size, pattern: host checks its shared view */
+	SYNC_CHECK_SHARED = 1,  /* args: gpa, size, pattern, new: host checks its shared view,
+				 * then writes the new pattern there (0: none) */
 	SYNC_CONVERT = 2,       /* args: gpa, size, private: host converts */
 	SYNC_PUNCH = 3,         /* args: gpa, size: host punches the guest_memfd */
 	SYNC_RANGE_DONE = 4,    /* args: range index */
@@ -46,28 +50,33 @@ static void test_range(uint64_t base, int idx, uint64_t vcpu)
 {
 	uint64_t gpa = base + ranges[idx].offset, size = ranges[idx].size;
 	uint64_t init = 0x0101010101010101ul * (0x10 + idx * 0x10 + vcpu);
+	uint64_t host = init ^ 0x0f0f0f0f0f0f0f0ful;
+	uint64_t last = init ^ 0x3c3c3c3c3c3c3c3cul;
 	uint64_t priv = ~init;
 	uint64_t span = ranges[idx].offset ? gpa - SZ_4K : gpa;
 	uint64_t span_size = gpa + size + SZ_4K - span;
 	uint64_t off;
 
 	guest_fill_marks((void *)span, span_size, init);
-	GUEST_SYNC(SYNC_CHECK_SHARED, span, span_size, init);
+	GUEST_SYNC(SYNC_CHECK_SHARED, span, span_size, init, host);
+	GUEST_ASSERT_EQ(guest_check_marks((void *)span, span_size, host), -1);
 
 	convert(gpa, size, true);
 	guest_fill_marks((void *)gpa, size, priv);
 	GUEST_ASSERT_EQ(guest_check_marks((void *)gpa, size, priv), -1);
-	GUEST_SYNC(SYNC_CHECK_SHARED, gpa, size, init);
-	GUEST_ASSERT_EQ(guest_check_marks((void *)span, gpa - span, init), -1);
-	GUEST_ASSERT_EQ(guest_check_marks((void *)(gpa + size), SZ_4K, init), -1);
+	GUEST_SYNC(SYNC_CHECK_SHARED, gpa, size, host, 0);
+	GUEST_ASSERT_EQ(guest_check_marks((void *)span, gpa - span, host), -1);
+	GUEST_ASSERT_EQ(guest_check_marks((void *)(gpa + size), SZ_4K, host), -1);
 
 	for (off = SZ_4K; off < size; off += 2 * SZ_4K)
 		convert(gpa + off, SZ_4K, false);
 	for (off = 0; off < size; off += SZ_4K)
-		GUEST_ASSERT_EQ(guest_check_marks((void *)(gpa + off), SZ_4K, (off / SZ_4K) & 1 ? init : priv), -1);
+		GUEST_ASSERT_EQ(guest_check_marks((void *)(gpa + off), SZ_4K, (off / SZ_4K) & 1 ? host : priv), -1);
 
 	convert(gpa, size, false);
-	GUEST_ASSERT_EQ(guest_check_marks((void *)gpa, size, init), -1);
+	GUEST_ASSERT_EQ(guest_check_marks((void *)gpa, size, host), -1);
+	GUEST_SYNC(SYNC_CHECK_SHARED, gpa, size, host, last);
+	GUEST_ASSERT_EQ(guest_check_marks((void *)gpa, size, last), -1);
 	GUEST_SYNC(SYNC_RANGE_DONE, idx);
 }
 

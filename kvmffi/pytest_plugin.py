@@ -148,6 +148,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 # -- parametrization -----------------------------------------------------------
 
+# VM types kvmffi can run a vCPU in. SEV, SEV-ES, SNP and TDX need a launch flow (measured
+# encryption of the initial image, a TD module) that kvmffi does not have.
+RUNNABLE_TYPES = (VmType.DEFAULT, VmType.SW_PROTECTED)
+
+
+def _unrunnable_types(h: _caps.HostCaps) -> list[VmType]:
+    return [VmType(v.value) for v in h.per_vm_type if v.creatable and v.value not in RUNNABLE_TYPES]
+
+
 def _creatable_types(h: _caps.HostCaps, need: str = "guest_memfd") -> list[VmType]:
     """VM types to parametrize over: those the host creates that have what the tests need.
 
@@ -155,7 +164,7 @@ def _creatable_types(h: _caps.HostCaps, need: str = "guest_memfd") -> list[VmTyp
     "private" (KVM_MEMORY_ATTRIBUTE_PRIVATE on the VM fd). Falls back to the first type
     that fits nothing, so the test runs and its requirement check explains the skip.
     """
-    ok = [v for v in h.per_vm_type if v.creatable]
+    ok = [v for v in h.per_vm_type if v.creatable and v.value in RUNNABLE_TYPES]
     if need == "guest_memfd":
         ok = [v for v in ok if v.guest_memfd > 0]
     elif need == "private":
@@ -200,9 +209,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             vc = h.vm_type(t)
             for f in _flag_combos(vc.guest_memfd_flags if vc else 0):
                 params.append(pytest.param(t, f, id=f"{t.name}-{str(f).replace('|', '+') or '0'}"))
+    else:
+        params = [pytest.param(t, id=t.name) for t in types]
+    # creatable types kvmffi cannot drive are listed, each skipped with the reason
+    for t in _unrunnable_types(h):
+        if m is None or t in [VmType(int(x)) for x in m.args]:
+            reason = (f"{t.kernel_name} is offered by this kernel, but running its vCPUs needs a launch flow "
+                      "(SEV/SNP measured launch, TDX module) that kvmffi does not have")
+            values = (t, GuestMemfdFlag(0)) if "gmem_flags" in names else (t,)
+            params.append(pytest.param(*values, id=t.name, marks=pytest.mark.skip(reason=reason)))
+    if "gmem_flags" in names:
         metafunc.parametrize(("vm_type", "gmem_flags"), params)
     else:
-        metafunc.parametrize("vm_type", types, ids=[t.name for t in types])
+        metafunc.parametrize("vm_type", params)
 
 
 # -- fixtures ------------------------------------------------------------------

@@ -83,17 +83,19 @@ def test_mmap_without_init_shared_sigbus(vm, gmem_factory, write: bool) -> None:
 
 
 @pytest.mark.needs_gmem_flags(SHARED)
-def test_access_past_eof_sigbus(vm, gmem_factory) -> None:  # noqa: ANN001
-    """A mapping longer than the file: below EOF works, at and after EOF is SIGBUS."""
+@pytest.mark.parametrize("write", [False, True], ids=["read", "write"])
+def test_access_past_eof_sigbus(vm, gmem_factory, write: bool) -> None:  # noqa: ANN001
+    """A mapping longer than the file: below EOF works, reads and writes at and after EOF are SIGBUS,
+    and the file's bytes are untouched (guest_memfd_test's test_fault_overflow)."""
     need_flags(vm, SHARED)
     g = gmem_factory(vm, SIZE, SHARED)
-    with g.mmap(2 * SIZE) as m:
-        m[SIZE - 1] = 1
-        assert m[SIZE - 1] == 1
-        for off in (SIZE, SIZE + PAGE_SIZE, 2 * SIZE - 1):
-            r = run_in_child(lambda: touch(m, off))
-            assert r.signal == signal.SIGBUS, f"read at {off:#x} past EOF {SIZE:#x}: child {r}"
-        assert run_in_child(lambda: touch(m, SIZE - 1)).exitcode == 0
+    with g.mmap(4 * SIZE) as m:
+        m[:SIZE] = b"\xaa" * SIZE
+        for off in (SIZE, SIZE + PAGE_SIZE, 4 * SIZE - 1):
+            r = run_in_child(lambda: touch(m, off, write))
+            assert r.signal == signal.SIGBUS, f"{'write' if write else 'read'} at {off:#x} past EOF {SIZE:#x}: child {r}"
+        assert run_in_child(lambda: touch(m, SIZE - 1, write)).exitcode == 0
+        assert m[:SIZE - 1] == b"\xaa" * (SIZE - 1)
 
 
 MADV_COLLAPSE = 25

@@ -74,6 +74,27 @@ def test_binding_beyond_gmem_size_fails(vm: Vm, gmem, host_mem, offset: int, siz
     vm.set_user_memory_region2(0, TEST_GPA, PAGE_SIZE, host_mem.addr, GMEM, gmem, 4 * MiB - PAGE_SIZE)
 
 
+# offset + size overflows loff_t (guest_memfd_test's test_invalid_binding), and wraps u64
+INT64_MAX_PAGE = ((1 << 63) - 1) & ~(PAGE_SIZE - 1)
+U64_TOP_PAGE = (1 << 64) - PAGE_SIZE
+
+
+@pytest.mark.kernel_bug("gmem_bind_offset_overflow")
+def test_binding_at_int64_max_offset_fails(vm: Vm, gmem) -> None:  # noqa: ANN001
+    """A binding at guest_memfd offset ALIGN_DOWN(INT64_MAX, page), whose end overflows a signed
+    offset, is EINVAL (6.12, 7.3; the 7.3 selftest asserts it). Kernels that did the range check in
+    signed arithmetic accept it (measured: 6.18): a known bug, fixed by 7.2."""
+    expect_errno(errno.EINVAL, f"binding 4 pages at guest_memfd offset {INT64_MAX_PAGE:#x}",
+                 vm.set_user_memory_region2, 0, 0, 4 * PAGE_SIZE, 0, GMEM, gmem, INT64_MAX_PAGE)
+    assert vm.memslots == {}
+
+
+def test_binding_at_wrapping_offset_fails(vm: Vm, gmem) -> None:  # noqa: ANN001
+    """offset + size wrapping around 2^64 is EINVAL (the memslot sanity check, before any binding)."""
+    expect_errno(errno.EINVAL, f"binding 4 pages at guest_memfd offset {U64_TOP_PAGE:#x}",
+                 vm.set_user_memory_region2, 0, 0, 4 * PAGE_SIZE, 0, GMEM, gmem, U64_TOP_PAGE)
+
+
 def test_overlapping_gmem_ranges_with_disjoint_gpas(vm: Vm, gmem, host_mem) -> None:  # noqa: ANN001
     """CHECKLIST 31, cause 1: a second slot binding an already-bound gmem range is refused, whether
     the overlap is total or partial: EINVAL through 6.18, EEXIST from 7.2 on (kvmffi.kernels:

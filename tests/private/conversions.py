@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 from kvmffi import Cap, HypercallExit, MapGpaAttr, MemoryAttribute, Vm
-from kvmffi.testvm import TEST_GPA, TestMemory, TestVm, check_marks
+from kvmffi.testvm import TEST_GPA, TestMemory, TestVm, check_marks, fill_marks
 
 SYNC_CHECK_SHARED, SYNC_CONVERT, SYNC_PUNCH, SYNC_RANGE_DONE = 1, 2, 3, 4
 MiB = 1 << 20
@@ -51,11 +51,13 @@ class Converter:
     def on_sync(self, vcpu: Any, args: tuple[int, ...]) -> None:
         stage = args[0]
         if stage == SYNC_CHECK_SHARED:
-            gpa, size, pattern = args[1:4]
+            gpa, size, pattern, new = args[1:5]
             for r, off, n in self._pieces(gpa, size):
                 bad = check_marks(r.host, off, n, pattern)
                 assert bad == -1, (f"vCPU {vcpu.id}: host's shared view at {r.gpa + off + bad:#x} is not "
                                    f"{pattern:#x} (private writes must be invisible to it)")
+                if new:
+                    fill_marks(r.host, off, n, new)  # the guest reads it back after the sync
         elif stage == SYNC_CONVERT:
             self.convert(args[1], args[2], bool(args[3]))
         elif stage == SYNC_PUNCH:

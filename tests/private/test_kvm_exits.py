@@ -53,7 +53,7 @@ def test_memslot_deleted_while_guest_reads_private_memory(kvm: Kvm, vm_type) -> 
         assert not th.is_alive()
     ex = result[0]
     assert isinstance(ex, MemoryFaultExit), f"expected KVM_EXIT_MEMORY_FAULT, got {ex!r}"
-    assert (ex.flags, ex.gpa, ex.size) == (MemoryFaultFlag.PRIVATE, TEST_GPA, PAGE)
+    assert (ex.flags, ex.gpa, ex.size, ex.errno) == (MemoryFaultFlag.PRIVATE, TEST_GPA, PAGE, errno.EFAULT)
 
 
 def test_access_outside_guest_page_tables_faults(kvm: Kvm, vm_type) -> None:  # noqa: ANN001
