@@ -1,5 +1,6 @@
 """Memory-fault exits for private GPAs (x86/private_mem_kvm_exits_test; CHECKLIST 42, 43, 54)."""
 
+import errno
 import threading
 import time
 
