@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 work=${1:-/var/tmp/kvmffi-worked-bisect}
-src=$(python -c 'from kvmffi.testkernel.build import _default_source; from kvmffi.testkernel.progress import Progress; print(_default_source(Progress("kvmffi", quiet=True)))')
+src=$(python -c 'from kvmffi.testkernel.sources import kernel_source; print(kernel_source("6.12").tree)')
 tree="$work/linux"
 rm -rf "$work" && mkdir -p "$work"
 echo "== copying $src to $tree"

@@ -61,7 +61,7 @@ def cmd_vm(args: argparse.Namespace) -> int:
     except Exception as e:
         print(f"kvmffi vm: warning: guest programs not prebuilt: {e}", file=sys.stderr)
     try:
-        r = boot(kernel, cmd, cpus=args.cpus, memory=args.memory, timeout=args.timeout, accel=args.accel,
+        r = boot(kernel, cmd, cpus=args.cpus, memory=args.memory, timeout=args.timeout, accel=args.accel, numa=args.numa,
                  echo=lambda line: print(line, flush=True))
     except BootError as e:
         print(f"kvmffi vm: {e}", file=sys.stderr)
@@ -140,6 +140,7 @@ def _run_tiers(args: argparse.Namespace, strict: bool) -> tuple[list, list[str]]
         else:
             echo = (lambda line: print(line, flush=True))
         r = run_tier(name, sel, keyword=args.k, fmt=fmt, junit=junit, strict=strict, kernel=kernel, echo=echo,
+                     numa=getattr(args, "numa", 0),
                      timeout=args.timeout)
         results.append(r)
         if nested:
@@ -197,6 +198,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kernel", help="run inside this bzImage under QEMU")
     g.add_argument("--tree", help="build this kernel source tree with the fragment and run inside it")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per tier in the test kernel")
+    p.add_argument("--numa", type=int, default=0, metavar="N", help="N NUMA nodes in the test kernel's machine")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress for kernel builds")
 
 
@@ -259,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--kernel", help="bzImage (default: the cached test kernel, built if missing)")
     v.add_argument("--cpus", type=int, default=2)
     v.add_argument("--memory", default="2G")
+    v.add_argument("--numa", type=int, default=0, metavar="N", help="split memory and CPUs into N NUMA nodes")
     v.add_argument("--timeout", type=float, default=900.0, help="seconds for boot and command together")
     v.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"],
                    help="auto: KVM where the host offers nested virtualization, else TCG")

@@ -88,7 +88,8 @@ def pytest_args(selection: list[str], keyword: str | None, fmt: str, ktap_file: 
 
 def run_tier(name: str, selection: list[str], *, keyword: str | None = None, fmt: str = "pretty",
              junit: str | None = None, strict: bool = False, kernel: str | None = None,
-             echo: Callable[[str], None] = print, timeout: float = 1800.0, cpus: int = 2) -> TierResult:
+             echo: Callable[[str], None] = print, timeout: float = 1800.0, cpus: int = 2,
+             numa: int = 0) -> TierResult:
     """Run pytest over ``selection`` here (kernel None) or inside ``kernel`` under QEMU."""
     root = project_root()
     env = dict(os.environ)
@@ -127,9 +128,11 @@ def run_tier(name: str, selection: list[str], *, keyword: str | None = None, fmt
         cmd[3:3] = ["-p", "kvmffi.pytest_plugin"]
         benv = {"KVMFFI_STRICT": "1" if strict else "0", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
         try:
-            r = boot(kernel, cmd, cpus=cpus, timeout=timeout, cwd=str(root), echo=echo, env=benv, results_dir=results)
+            r = boot(kernel, cmd, cpus=cpus, timeout=timeout, cwd=str(root), echo=echo, env=benv, results_dir=results,
+                     numa=numa)
             res.pytest_rc = r.returncode
-            res.where += f" ({r.accel}, boot {r.boot_seconds:.1f} s, total {r.seconds:.0f} s)"
+            res.where += (f" ({r.accel}{f', {numa} NUMA nodes' if numa > 1 else ''}, boot {r.boot_seconds:.1f} s, "
+                          f"total {r.seconds:.0f} s)")
         except BootError as e:
             res.infra_error = str(e)
         if (results / "result.ktap").exists():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import shlex
 import shutil
 import signal
@@ -88,16 +89,42 @@ sleep 30
 """
 
 
+def memory_mib(memory: str) -> int:
+    """QEMU's -m syntax (2G, 1536M, 1024) in MiB."""
+    m = re.fullmatch(r"\s*(\d+)\s*([MmGg]?)\s*", memory)
+    if not m:
+        raise BootError(f"memory {memory!r}: give MiB or a size like 2G or 1536M", [])
+    return int(m.group(1)) * (1024 if m.group(2) in ("G", "g") else 1)
+
+
+def numa_args(nodes: int, cpus: int, memory: str) -> list[str]:
+    """QEMU arguments for ``nodes`` NUMA nodes (none for 0 or 1): equal memory, CPU i on node i % nodes."""
+    if nodes <= 1:
+        return []
+    total = memory_mib(memory)
+    if total % nodes or total // nodes < 128:
+        raise BootError(f"--numa {nodes} with {total} MiB: the memory must split into equal nodes of >= 128 MiB", [])
+    out = []
+    for n in range(nodes):
+        out += ["-object", f"memory-backend-ram,id=kvmffi-mem{n},size={total // nodes}M"]
+        node = f"node,nodeid={n},memdev=kvmffi-mem{n}"
+        for c in range(n, cpus, nodes):
+            node += f",cpus={c}"
+        out += ["-numa", node]
+    return out
+
+
 def boot(kernel: Path | str, command: list[str], *, cpus: int = 2, memory: str = "2G", timeout: float = 600.0,
          accel: str = "auto", cwd: str | None = None, extra_append: str = "", qemu: str = "qemu-system-x86_64",
          echo: Callable[[str], None] | None = None, env: dict[str, str] | None = None,
-         results_dir: Path | None = None) -> BootResult:
+         results_dir: Path | None = None, numa: int = 0) -> BootResult:
     """Boot ``kernel`` and run ``command`` inside; returns its exit status and output lines.
 
     Raises BootError if QEMU cannot start, the kernel dies, or ``timeout`` passes first.
     ``echo`` receives each output line as it arrives (e.g. print). The guest can write
     files into a writable directory: ``{out}`` in ``command`` (and $KVMFFI_OUT) names it;
-    with ``results_dir`` they are copied there afterwards.
+    with ``results_dir`` they are copied there afterwards. ``numa`` >= 2 splits memory into that
+    many NUMA nodes (QEMU memory backends and -numa nodes), the CPUs spread across them.
     """
     kernel = Path(kernel)
     if not kernel.exists():
@@ -129,6 +156,7 @@ def boot(kernel: Path | str, command: list[str], *, cpus: int = 2, memory: str =
             "-no-reboot", "-nodefaults", "-serial", "stdio", "-kernel", str(kernel), "-append", append,
             "-virtfs", "local,path=/,mount_tag=root,security_model=none,readonly=on,multidevs=remap",
             "-virtfs", f"local,path={out_dir},mount_tag=kvmffiout,security_model=none"]
+    argv += numa_args(numa, cpus, memory)
     t0 = time.monotonic()
     lines: queue.Queue[str | None] = queue.Queue()
     console: list[str] = []

@@ -40,3 +40,17 @@ def test_bisect_never_leaves_1_to_127_plus_125() -> None:
         for infra in ("", "boot failed"):
             code, _ = bisect_verdict(tier(k, infra))
             assert code in (0, 1, 125)
+
+
+def test_numa_args_split_memory_and_spread_cpus() -> None:
+    from kvmffi.testkernel.qemu import BootError, memory_mib, numa_args
+    assert numa_args(0, 2, "2G") == [] and numa_args(1, 2, "2G") == []
+    assert numa_args(2, 3, "2G") == [
+        "-object", "memory-backend-ram,id=kvmffi-mem0,size=1024M", "-numa", "node,nodeid=0,memdev=kvmffi-mem0,cpus=0,cpus=2",
+        "-object", "memory-backend-ram,id=kvmffi-mem1,size=1024M", "-numa", "node,nodeid=1,memdev=kvmffi-mem1,cpus=1"]
+    assert memory_mib("1536M") == 1536 and memory_mib("1024") == 1024
+    import pytest
+    with pytest.raises(BootError, match="equal nodes"):
+        numa_args(3, 2, "2G")
+    with pytest.raises(BootError, match="give MiB"):
+        memory_mib("lots")
