@@ -151,16 +151,32 @@ def test_numa_mbind_round_trip(vm, gmem_factory, policy: str) -> None:  # noqa: 
 @pytest.mark.numa
 @pytest.mark.needs_gmem_flags(SHARED)
 def test_numa_policy_decides_node(vm, gmem_factory) -> None:  # noqa: ANN001
-    """CHECKLIST 25: a BIND policy set before allocation decides where pages land (>= 2 NUMA nodes)."""
+    """CHECKLIST 25: a BIND policy set before allocation decides where each page lands; one set after
+    allocation moves nothing until the pages are punched and allocated again (>= 2 NUMA nodes)."""
     nodes = _numa_nodes()
     if len(nodes) < 2:
         pytest.skip(f"needs >= 2 NUMA nodes, this machine has {len(nodes)} (a topology fact, not a kernel capability)")
     need_flags(vm, SHARED)
     from kvmffi import numa
     g = gmem_factory(vm, SIZE, SHARED)
+    half, n = SIZE // 2, SIZE // PAGE_SIZE
+    a, b = nodes[:2]
     with g.mmap() as m:
-        for node in nodes[:2]:
+        for node in (a, b):
             g.punch_hole(0, SIZE)
             assert numa.mbind(m.addr, SIZE, numa.MPOL_BIND, 1 << node) == 0
             m[:] = b"\x01" * SIZE
-            assert numa.page_nodes(m.addr, SIZE // PAGE_SIZE) == [node] * (SIZE // PAGE_SIZE)
+            assert numa.page_nodes(m.addr, n) == [node] * n
+        # per page: the first half bound to one node, the second to the other (guest_memfd_test)
+        g.punch_hole(0, SIZE)
+        assert numa.mbind(m.addr, half, numa.MPOL_BIND, 1 << a) == 0
+        assert numa.mbind(m.addr + half, half, numa.MPOL_BIND, 1 << b) == 0
+        m[:] = b"\x02" * SIZE
+        assert numa.page_nodes(m.addr, n) == [a] * (n // 2) + [b] * (n // 2)
+        # a policy changed after allocation (without MPOL_MF_MOVE) leaves the pages where they are
+        assert numa.mbind(m.addr, SIZE, numa.MPOL_BIND, 1 << b) == 0
+        assert numa.page_nodes(m.addr, n) == [a] * (n // 2) + [b] * (n // 2)
+        # punch and touch again: they are allocated where the new policy says
+        g.punch_hole(0, SIZE)
+        m[:] = b"\x03" * SIZE
+        assert numa.page_nodes(m.addr, n) == [b] * n
