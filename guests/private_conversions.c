@@ -10,7 +10,7 @@
  *      again, the even pages still read the private pattern (holes);
  *   4. convert the whole range back to shared: the host pattern everywhere; the host
  *      writes a last pattern, which the guest reads.
- * Then punch holes in private memory: the precise page, then the whole range, read zero.
+ * Then punch holes in private memory over each range shape: the punched range reads zero.
  * Conversions go through KVM_HC_MAP_GPA_RANGE (use_hypercall) or a ucall to the host.
  * Patterns are page marks (first and last 8 bytes of each page).
  */
@@ -80,17 +80,30 @@ static void test_range(uint64_t base, int idx, uint64_t vcpu)
 	GUEST_SYNC(SYNC_RANGE_DONE, idx);
 }
 
-static void test_punch_hole(uint64_t base, uint64_t size, uint64_t vcpu)
+/* PUNCH_HOLE without a conversion frees private memory: the guest's next read of the punched
+ * range is zeros. For each range shape, first faulting in just the range (precise), then the
+ * whole area (not precise: the neighbours keep their data). */
+static void test_punch_hole(uint64_t base, uint64_t size, uint64_t vcpu, bool precise)
 {
-	uint64_t pattern = 0x7700000000000077ul | (vcpu << 8);
+	uint64_t pattern = 0x7700000000000077ul | (vcpu << 8) | ((uint64_t)precise << 16);
 
 	convert(base, size, true);
-	guest_fill_marks((void *)base, size, pattern);
-	GUEST_SYNC(SYNC_PUNCH, base, SZ_4K);
-	GUEST_ASSERT_EQ(guest_check_marks((void *)base, SZ_4K, 0), -1);
-	GUEST_ASSERT_EQ(guest_check_marks((void *)(base + SZ_4K), size - SZ_4K, pattern), -1);
-	GUEST_SYNC(SYNC_PUNCH, base, size);
-	GUEST_ASSERT_EQ(guest_check_marks((void *)base, size, 0), -1);
+	for (int i = 0; i < (int)(sizeof(ranges) / sizeof(ranges[0])); i++) {
+		uint64_t gpa = base + ranges[i].offset, len = ranges[i].size;
+
+		GUEST_SYNC(SYNC_PUNCH, base, size);
+		if (precise) {
+			guest_fill_marks((void *)gpa, len, pattern);
+			GUEST_ASSERT_EQ(guest_check_marks((void *)gpa, len, pattern), -1);
+		} else {
+			guest_fill_marks((void *)base, size, pattern);
+			GUEST_ASSERT_EQ(guest_check_marks((void *)base, size, pattern), -1);
+		}
+		GUEST_SYNC(SYNC_PUNCH, gpa, len);
+		GUEST_ASSERT_EQ(guest_check_marks((void *)gpa, len, 0), -1);
+		if (!precise)
+			GUEST_ASSERT_EQ(guest_check_marks((void *)(gpa + len), SZ_4K, pattern), -1);
+	}
 	convert(base, size, false);
 }
 
@@ -101,6 +114,7 @@ void guest_main(void)
 
 	for (int i = 0; i < (int)(sizeof(ranges) / sizeof(ranges[0])); i++)
 		test_range(base, i, vcpu);
-	test_punch_hole(base, SZ_2M, vcpu);
+	test_punch_hole(base, per_vcpu_size, vcpu, true);
+	test_punch_hole(base, per_vcpu_size, vcpu, false);
 	GUEST_DONE();
 }
