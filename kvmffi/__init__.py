@@ -1,6 +1,6 @@
 """kvmffi: a userspace-VMM test harness for KVM guest_memfd and private memory."""
 
-from .errors import KvmError, MissingCapability, VmDeadError, errno_of
+from .errors import HostMemoryFault, KvmError, MissingCapability, VmDeadError, errno_of
 from .exits import (Exit, FailEntryExit, HltExit, HypercallExit, InternalErrorExit, IntrExit, IoExit,
                     MemoryFaultExit, MmioExit, OtherExit, ShutdownExit, SystemEventExit)
 from .guest_memfd import GuestMemfd
@@ -13,7 +13,7 @@ from .vm import Memslot, Vm
 
 __version__ = "0.1.0"
 
-__all__ = ["MissingCapability", 
+__all__ = ["HostMemoryFault", "MissingCapability", 
     "Cap", "DTable", "Exit", "ExitReason", "FailEntryExit", "GuestMemfd", "GuestMemfdFlag", "HltExit",
     "HostMemory", "HypercallExit", "HypercallNr", "InternalErrorExit", "IntrExit", "IoDirection", "IoExit",
     "Kvm", "KvmError", "MapGpaAttr", "MemoryAttribute", "MemoryFaultExit", "MemoryFaultFlag", "Memslot",

@@ -13,6 +13,7 @@ import errno
 import fcntl as _fcntl
 import mmap as _mmap
 import struct as _struct
+import errno as errno_mod
 import os
 from typing import Any
 
@@ -205,6 +206,11 @@ ffi.cdef(
     int prctl(int option, ...);
     void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset);
     int munmap(void *addr, size_t length);
+    struct iovec { void *iov_base; size_t iov_len; };
+    ssize_t process_vm_readv(int pid, const struct iovec *local_iov, unsigned long liovcnt,
+                             const struct iovec *remote_iov, unsigned long riovcnt, unsigned long flags);
+    ssize_t process_vm_writev(int pid, const struct iovec *local_iov, unsigned long liovcnt,
+                              const struct iovec *remote_iov, unsigned long riovcnt, unsigned long flags);
     """
 )
 
@@ -400,6 +406,44 @@ def raw_mmap(length: int, prot: int, flags: int, fd: int, offset: int) -> tuple[
     if addr == (1 << 64) - 1:
         raise OSError(ffi.errno, os.strerror(ffi.errno))
     return addr, ffi.buffer(ffi.cast("char *", p), length)
+
+
+def guarded_read(addr: int, n: int) -> tuple[bytes, int]:
+    """Read ``n`` bytes of this process's memory at ``addr`` through the kernel (process_vm_readv):
+    a page that would SIGBUS or SIGSEGV on a direct access stops the copy instead. Returns the
+    bytes copied and 0, or the bytes before the bad page and the errno (EFAULT)."""
+    out = ffi.new("char[]", n)
+    local = ffi.new("struct iovec *", {"iov_base": out, "iov_len": n})
+    remote = ffi.new("struct iovec *", {"iov_base": ffi.cast("void *", addr), "iov_len": n})
+    done, err = 0, 0
+    while done < n:
+        local.iov_base, local.iov_len = out + done, n - done
+        remote.iov_base, remote.iov_len = ffi.cast("void *", addr + done), n - done
+        r = _libc.process_vm_readv(os.getpid(), local, 1, remote, 1, 0)
+        if r <= 0:
+            err = ffi.errno if r < 0 else errno_mod.EFAULT
+            break
+        done += r
+    return ffi.buffer(out, done)[:], err
+
+
+def guarded_write(addr: int, data: bytes) -> tuple[int, int]:
+    """Write ``data`` at ``addr`` of this process through the kernel (process_vm_writev); returns
+    (bytes written, 0 or the errno where a page refused it)."""
+    n = len(data)
+    src = ffi.from_buffer(data)
+    local = ffi.new("struct iovec *")
+    remote = ffi.new("struct iovec *")
+    done, err = 0, 0
+    while done < n:
+        local.iov_base, local.iov_len = ffi.cast("char *", src) + done, n - done
+        remote.iov_base, remote.iov_len = ffi.cast("void *", addr + done), n - done
+        r = _libc.process_vm_writev(os.getpid(), local, 1, remote, 1, 0)
+        if r <= 0:
+            err = ffi.errno if r < 0 else errno_mod.EFAULT
+            break
+        done += r
+    return done, err
 
 
 def raw_munmap(addr: int, length: int) -> None:

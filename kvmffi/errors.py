@@ -47,6 +47,19 @@ class VmDeadError(KvmError):
     """KVM killed the VM (EIO, and the VM no longer answers)."""
 
 
+class HostMemoryFault(OSError):
+    """The host touched guest memory it may not access: a private guest_memfd page, a page past the
+    end of the file, a poisoned page. A direct access would have been SIGBUS and killed the process;
+    kvmffi's guest_memfd mappings copy through the kernel instead, so it is this exception."""
+
+    def __init__(self, err: int, address: int, offset: int, write: bool) -> None:
+        super().__init__(err, f"host {'write to' if write else 'read of'} guest memory at {address:#x} "
+                              f"(offset {offset:#x} of the mapping) faulted: the page is not accessible to the "
+                              "host (private, past the end of the guest_memfd, or poisoned); a direct access "
+                              "would be SIGBUS")
+        self.address, self.offset, self.write = address, offset, write
+
+
 class MissingCapability(Exception):
     """The kernel lacks what a test needs. The message names what is missing and how to get it;
     ``feature`` (a kvmffi.kernels.FEATURE_SINCE key) lets strict mode tell a kernel that predates

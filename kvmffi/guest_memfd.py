@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from . import _ffi
 from ._fd import FdOwner
 from .errors import KvmError
-from .memory import HostMemory, RawMapping
+from .memory import GuestMemfdMapping, HostMemory, RawMapping
 from .uapi import GuestMemfdFlag
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class GuestMemfd(FdOwner):
         try:
             if offset + length > self.size:
                 return RawMapping(self.fileno(), length, flags, prot, offset)
-            return HostMemory(self.fileno(), length, flags=flags, prot=prot, offset=offset)
+            return GuestMemfdMapping(self.fileno(), length, flags=flags, prot=prot, offset=offset)
         except OSError as e:
             hint = ""
             if not (self.flags & GuestMemfdFlag.MMAP):

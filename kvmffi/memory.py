@@ -5,7 +5,10 @@ from __future__ import annotations
 import mmap
 import os
 
+from typing import Any
+
 from . import _ffi
+from .errors import HostMemoryFault
 
 MFD_HUGETLB = 0x0004
 MAP_HUGETLB = 0x40000
@@ -28,11 +31,59 @@ class HostMemory(mmap.mmap):
         return self._addr
 
 
-class RawMapping:
+class _Guarded:
+    """Slicing and indexing through the kernel (process_vm_readv/writev): a page the host may not
+    touch raises HostMemoryFault instead of killing the process with SIGBUS."""
+
+    addr: int
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _span(self, i: int | slice) -> tuple[int, int]:
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            if step != 1:
+                raise ValueError("guest memory slices take no step")
+            return start, max(stop - start, 0)
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("mapping index out of range")
+        return i, 1
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def]
+        start, n = self._span(i)
+        data, err = _ffi.guarded_read(self.addr + start, n)
+        if err:
+            raise HostMemoryFault(err, self.addr + start + len(data), start + len(data), False)
+        return data[0] if isinstance(i, int) else data
+
+    def __setitem__(self, i, v) -> None:  # type: ignore[no-untyped-def]
+        start, n = self._span(i)
+        data = bytes([v]) if isinstance(i, int) else bytes(v)
+        if len(data) != n:
+            raise IndexError(f"mapping slice assignment is wrong size ({len(data)} bytes for {n})")
+        done, err = _ffi.guarded_write(self.addr + start, data)
+        if err:
+            raise HostMemoryFault(err, self.addr + start + done, start + done, True)
+
+
+class GuestMemfdMapping(_Guarded, HostMemory):
+    """A mapping of a guest_memfd: an ``mmap.mmap`` with ``.addr`` whose indexing and slicing never
+    SIGBUS (private pages raise HostMemoryFault). ``memoryview(m)`` is the direct, unguarded access."""
+
+    def __len__(self) -> int:
+        return HostMemory.__len__(self)
+
+
+class RawMapping(_Guarded):
     """A mapping made with mmap(2) directly, for lengths past the end of a file.
 
-    Python's ``mmap.mmap`` refuses those; tests of SIGBUS past EOF need them.
-    Indexing and slicing work as on ``mmap.mmap``; ``close()`` unmaps.
+    Python's ``mmap.mmap`` refuses those; tests of SIGBUS past EOF need them. Indexing and
+    slicing are guarded (HostMemoryFault past EOF); ``unguarded()`` is the direct view;
+    ``close()`` unmaps.
     """
 
     def __init__(self, fd: int, length: int, flags: int, prot: int, offset: int = 0) -> None:
@@ -44,12 +95,16 @@ class RawMapping:
 
     def __getitem__(self, i):  # type: ignore[no-untyped-def]
         self._check()
-        v = self._buf[i]
-        return v[0] if isinstance(i, int) else v
+        return super().__getitem__(i)
 
     def __setitem__(self, i, v) -> None:  # type: ignore[no-untyped-def]
         self._check()
-        self._buf[i] = bytes([v]) if isinstance(i, int) else v
+        super().__setitem__(i, v)
+
+    def unguarded(self) -> Any:
+        """The direct view (an access to a bad page is SIGBUS)."""
+        self._check()
+        return self._buf
 
     def _check(self) -> None:
         if self._buf is None:
@@ -102,3 +157,11 @@ def memfd(size: int, name: str = "kvmffi", *, hugetlb: bool = False) -> HostMemo
         return HostMemory(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     finally:
         os.close(fd)
+
+
+def unguarded(buf: Any) -> Any:
+    """The direct view of a mapping, without the guard: an access to a page the host may not
+    touch raises SIGBUS (for tests of exactly that, run in a child process)."""
+    if isinstance(buf, RawMapping):
+        return buf.unguarded()
+    return memoryview(buf)

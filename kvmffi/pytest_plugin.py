@@ -44,8 +44,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--ktap", action="store_true", default=False,
                 help="report in KTAP on standard output instead of pytest's own report")
     g.addoption("--ktap-file", default=None, help="also write a KTAP report to this file")
+    g.addoption("--kvm-log-gate", choices=["auto", "on", "off"], default=None,
+                help="fail a test during which the kernel logs a splat (WARNING, BUG, KASAN, lockdep, ...): "
+                     "auto (default) where /dev/kmsg is readable, on (an unreadable log is an error), off")
     parser.addini("kvm_strict", "turn capability skips into failures", type="bool", default=False)
     parser.addini("kvm_path", "KVM device node", default="/dev/kvm")
+    parser.addini("kvm_log_gate", "kernel-log gate: auto, on or off", default="auto")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -60,6 +64,15 @@ def pytest_configure(config: pytest.Config) -> None:
     _STATE["strict"] = strict
     _STATE["kvm_path"] = config.getoption("--kvm-path") or config.getini("kvm_path") or "/dev/kvm"
     _STATE["caps"] = None
+    gate = config.getoption("--kvm-log-gate") or os.environ.get("KVMFFI_LOG_GATE") or config.getini("kvm_log_gate")
+    _STATE["log_gate"] = None
+    if gate != "off":
+        from .kmsg import KernelLog
+        log = KernelLog.open()
+        if log is None and gate == "on":
+            raise pytest.UsageError("--kvm-log-gate=on but /dev/kmsg cannot be read: run as root, or "
+                                    "sysctl kernel.dmesg_restrict=0")
+        _STATE["log_gate"] = LogGate(log) if log is not None else None
     from . import ktap
     ktap.configure(config)
     from .testvm import install_kick_handler
@@ -68,6 +81,8 @@ def pytest_configure(config: pytest.Config) -> None:
                             "capability (on /dev/kvm, or with vm=True on a VM of the test's vm_type)")
     config.addinivalue_line("markers", "vm_types(*types): restrict the vm_type parametrization")
     config.addinivalue_line("markers", "numa: needs two or more NUMA nodes")
+    config.addinivalue_line("markers", "kernel_splat(*kinds): the test expects kernel splats of these kinds "
+                            "(WARNING, BUG, KASAN, ...; none given: any); the kernel-log gate lets them pass")
     config.addinivalue_line("markers", "needs_gmem_flags(flags): parametrize vm_type only over the types whose "
                             "KVM_CAP_GUEST_MEMFD_FLAGS include these flags")
     config.addinivalue_line("markers", "kernel_bug(name): a known kernel bug (kvmffi.kernels.KNOWN_BUGS): an "
@@ -338,6 +353,73 @@ def _kvmffi_vm_caps(request: pytest.FixtureRequest) -> None:
             require_cap(Cap(m.args[0]), v, int(m.kwargs.get("min", 1)))
 
 
+# -- kernel-log gate -------------------------------------------------------------
+
+class LogGate:
+    """The kernel log of the running test: marked when the test starts, read when it reports."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.records: list[Any] = []
+        self.reported = 0
+
+    def start(self) -> None:
+        self.log.mark()
+        self.records = []
+        self.reported = 0
+
+    def splats(self) -> list[Any]:
+        """Every splat the kernel logged since the test started (reads what is new)."""
+        from .kmsg import find_splats
+        self.records += self.log.read()
+        return find_splats(self.records)
+
+    def new_splats(self) -> list[Any]:
+        s = self.splats()
+        new, self.reported = s[self.reported:], len(s)
+        return new
+
+
+@pytest.fixture
+def kernel_log() -> LogGate:
+    """The kernel-log gate of this test: ``kernel_log.splats()`` lists what the kernel logged so far."""
+    gate = _STATE.get("log_gate")
+    if gate is None:
+        pytest.skip("the kernel log (/dev/kmsg) cannot be read here, or the gate is off (--kvm-log-gate)")
+    return gate  # type: ignore[no-any-return]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    gate = _STATE.get("log_gate")
+    if gate is not None:
+        gate.start()
+
+
+def _gate_report(item: pytest.Item, rep: pytest.TestReport) -> None:
+    gate: LogGate | None = _STATE.get("log_gate")
+    if gate is None:
+        return
+    splats = gate.new_splats()
+    if not splats:
+        return
+    allowed: set[str] | None = None
+    for m in item.iter_markers("kernel_splat"):
+        allowed = (allowed or set()) | set(m.args) if m.args else {"*"}
+    unexpected = [s for s in splats if allowed is None or not ("*" in allowed or s.kind in allowed)]
+    text = "\n\n".join(f"[{s.kind}]\n{s}" for s in splats)
+    rep.sections.append(("kernel splats logged during the test", text))
+    if not unexpected or hasattr(rep, "wasxfail"):
+        return
+    head = f"the kernel logged {len(unexpected)} splat(s) during the test: " + ", ".join(
+        f"{s.kind}: {s.headline[:140]}" for s in unexpected)
+    if rep.passed:
+        rep.outcome = "failed"
+        rep.longrepr = head + "\n\n" + "\n\n".join(str(s) for s in unexpected)
+    elif rep.failed and rep.longrepr is not None:
+        rep.sections.append(("kernel-log gate", head))
+
+
 # -- failure report --------------------------------------------------------------
 
 def _kernel_log_tail(n: int = 20) -> str:
@@ -355,6 +437,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     """On a failure, attach the tail of the kernel log: a WARN or an oops is often the real story."""
     outcome = yield
     rep = outcome.get_result()
+    if call.when in ("call", "teardown") or (call.when == "setup" and rep.failed):
+        _gate_report(item, rep)
     from .errors import MissingCapability
     if rep.failed and call.excinfo is not None and isinstance(call.excinfo.value, MissingCapability) \
             and not hasattr(rep, "wasxfail"):
@@ -419,3 +503,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             tr.write_line("kvmffi: " + m, red=True)
     if msgs and session.exitstatus == 0:
         session.exitstatus = 1
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    gate = _STATE.get("log_gate")
+    if gate is not None:
+        gate.log.close()
+        _STATE["log_gate"] = None

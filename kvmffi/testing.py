@@ -102,11 +102,14 @@ def not_this_vms_guest_memfds(vm: Any, size: int) -> Iterator[list[tuple[str, in
 
 
 def touch(buf: Any, offset: int, write: bool = False) -> None:
-    """Read (or write) one byte of a mapping: the access a child performs."""
+    """Read (or write) one byte of a mapping directly, bypassing kvmffi's guard: the access a child
+    performs to see the real SIGBUS."""
+    from .memory import unguarded
+    view = unguarded(buf)
     if write:
-        buf[offset] = 0x5A
+        view[offset:offset + 1] = b"\x5a"
     else:
-        _ = buf[offset]
+        _ = bytes(view[offset:offset + 1])
 
 
 __all__ = ["ChildResult", "expect_answer", "expect_errno", "not_this_vms_guest_memfds", "run_in_child", "touch", "errno_of",

@@ -8,6 +8,7 @@ import signal
 import pytest
 
 from kvmffi import PAGE_SIZE, Cap, GuestMemfdFlag, KvmError
+from kvmffi.errors import HostMemoryFault
 from kvmffi.hints import require_gmem_flags
 from kvmffi.testing import run_in_child, touch
 
@@ -180,3 +181,35 @@ def test_numa_policy_decides_node(vm, gmem_factory) -> None:  # noqa: ANN001
         g.punch_hole(0, SIZE)
         m[:] = b"\x03" * SIZE
         assert numa.page_nodes(m.addr, n) == [b] * n
+
+
+@pytest.mark.needs_gmem_flags(MMAP)
+def test_host_access_to_private_memory_raises_instead_of_killing(vm, gmem_factory) -> None:  # noqa: ANN001
+    """CHECKLIST 77: the host touching private guest_memfd memory through kvmffi's mapping gets
+    HostMemoryFault (EFAULT, with the offset) and the test process lives on; the same access done
+    directly is SIGBUS (the test above, in a child)."""
+    need_flags(vm, MMAP)
+    g = gmem_factory(vm, SIZE, MMAP)
+    with g.mmap() as m:
+        with pytest.raises(HostMemoryFault) as ei:
+            _ = m[PAGE_SIZE]
+        assert (ei.value.errno, ei.value.offset, ei.value.write) == (errno.EFAULT, PAGE_SIZE, False)
+        assert ei.value.address == m.addr + PAGE_SIZE
+        with pytest.raises(HostMemoryFault) as ei:
+            m[0:8] = b"12345678"
+        assert (ei.value.errno, ei.value.offset, ei.value.write) == (errno.EFAULT, 0, True)
+
+
+@pytest.mark.needs_gmem_flags(SHARED)
+def test_guarded_access_stops_at_eof(vm, gmem_factory) -> None:  # noqa: ANN001
+    """A write straddling the end of the file lands below EOF and faults at EOF exactly."""
+    need_flags(vm, SHARED)
+    g = gmem_factory(vm, SIZE, SHARED)
+    with g.mmap(2 * SIZE) as m:
+        with pytest.raises(HostMemoryFault) as ei:
+            m[SIZE - 8:SIZE + 8] = b"\x11" * 16
+        assert (ei.value.offset, ei.value.write) == (SIZE, True)
+        assert m[SIZE - 8:SIZE] == b"\x11" * 8
+        with pytest.raises(HostMemoryFault) as ei:
+            _ = m[SIZE - 8:SIZE + 8]
+        assert (ei.value.offset, ei.value.write) == (SIZE, False)
