@@ -22,7 +22,7 @@ def cmd_kernel_build(args: argparse.Namespace) -> int:
 
     from .testkernel import KernelBuildError, build_kernel
     try:
-        img = build_kernel(Path(args.source) if args.source else None, version=args.version,
+        img = build_kernel(Path(args.source) if args.source else None, version=args.version, debug=args.debug,
                            base_config=Path(args.config) if args.config else None, jobs=args.jobs, quiet=args.quiet)
     except KernelBuildError as e:
         print(f"kvmffi kernel build: {e}", file=sys.stderr)
@@ -32,14 +32,17 @@ def cmd_kernel_build(args: argparse.Namespace) -> int:
 
 
 def _resolve_kernel(kernel: str | None, quiet: bool = False) -> str:
-    """--kernel PATH, --kernel VERSION (Debian's linux-source-VERSION, built once and cached: 6.12, 7.3,
-    newest), or with none the default test kernel (6.12), building it if there is none."""
+    """--kernel PATH, --kernel VERSION[-debug] (Debian's linux-source-VERSION, built once and cached: 6.12,
+    7.3, newest; -debug adds KASAN, lockdep, ...), or with none the default test kernel (6.12)."""
     import os
     import re
-    if kernel and (os.path.exists(kernel) or not re.match(r"^(\d+\.\d+|newest)$", kernel)):
+    m = re.match(r"^(\d+\.\d+|newest)(-debug)?$", kernel or "")
+    if kernel and (os.path.exists(kernel) or not m):
         return kernel
     from .testkernel import build_kernel
-    return str(build_kernel(None, version=kernel, quiet=quiet))
+    if m:
+        return str(build_kernel(None, version=m.group(1), debug=bool(m.group(2)), quiet=quiet))
+    return str(build_kernel(None, quiet=quiet))
 
 
 def cmd_vm(args: argparse.Namespace) -> int:
@@ -195,7 +198,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("selection", nargs="*", help="pytest paths / node ids (default: every tier this host can run)")
     p.add_argument("-k", default=None, metavar="EXPR", help="pytest -k expression")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--kernel", help="run inside this bzImage under QEMU")
+    g.add_argument("--kernel", help="run inside this bzImage under QEMU, or a version: 6.12, 7.3, newest, 7.3-debug "
+                   "(Debian's source, built once and cached)")
     g.add_argument("--tree", help="build this kernel source tree with the fragment and run inside it")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per tier in the test kernel")
     p.add_argument("--numa", type=int, default=0, metavar="N", help="N NUMA nodes in the test kernel's machine")
@@ -242,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "7.2, ... or newest (fetched from Debian's newer suites with a private apt state)")
     src.add_argument("--source", help="a kernel source tree of your own")
     kb.add_argument("--config", help="a .config to merge the fragment into (default: tinyconfig)")
+    kb.add_argument("--debug", action="store_true", help="add the debug fragment: KASAN, lockdep, DEBUG_VM, DEBUG_LIST, "
+                    "UBSAN, KFENCE, LKDTM (cached beside the plain image)")
     kb.add_argument("-j", "--jobs", type=int, default=None, help="parallel jobs (default: all cores)")
     kb.add_argument("-q", "--quiet", action="store_true")
     kb.set_defaults(fn=cmd_kernel_build)
@@ -258,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(fn=cmd_bisect)
 
     v = sub.add_parser("vm", help="boot the test kernel under QEMU and run a command inside")
-    v.add_argument("--kernel", help="bzImage (default: the cached test kernel, built if missing)")
+    v.add_argument("--kernel", help="bzImage or version (6.12, 7.3, 7.3-debug; default 6.12), built if missing")
     v.add_argument("--cpus", type=int, default=2)
     v.add_argument("--memory", default="2G")
     v.add_argument("--numa", type=int, default=0, metavar="N", help="split memory and CPUs into N NUMA nodes")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 
@@ -53,11 +54,19 @@ class _Guarded:
             raise IndexError("mapping index out of range")
         return i, 1
 
+    def _direct(self) -> Any:
+        raise NotImplementedError
+
     def __getitem__(self, i):  # type: ignore[no-untyped-def]
         start, n = self._span(i)
-        data, err = _ffi.guarded_read(self.addr + start, n)
-        if err:
-            raise HostMemoryFault(err, self.addr + start + len(data), start + len(data), False)
+        if _guard_works():
+            data, err = _ffi.guarded_read(self.addr + start, n)
+            if not err:
+                return data[0] if isinstance(i, int) else data
+            if err != errno.ENOSYS:
+                raise HostMemoryFault(err, self.addr + start + len(data), start + len(data), False)
+            _GUARD["works"] = False
+        data = bytes(self._direct()[start:start + n])
         return data[0] if isinstance(i, int) else data
 
     def __setitem__(self, i, v) -> None:  # type: ignore[no-untyped-def]
@@ -65,9 +74,33 @@ class _Guarded:
         data = bytes([v]) if isinstance(i, int) else bytes(v)
         if len(data) != n:
             raise IndexError(f"mapping slice assignment is wrong size ({len(data)} bytes for {n})")
-        done, err = _ffi.guarded_write(self.addr + start, data)
-        if err:
-            raise HostMemoryFault(err, self.addr + start + done, start + done, True)
+        if _guard_works():
+            done, err = _ffi.guarded_write(self.addr + start, data)
+            if not err:
+                return
+            if err != errno.ENOSYS:
+                raise HostMemoryFault(err, self.addr + start + done, start + done, True)
+            _GUARD["works"] = False
+        self._direct()[start:start + n] = data
+
+
+# process_vm_readv/writev need CONFIG_CROSS_MEMORY_ATTACH; without it (ENOSYS) accesses are direct
+_GUARD: dict[str, bool] = {"works": True}
+
+
+def _guard_works() -> bool:
+    return _GUARD["works"]
+
+
+def guard_available() -> bool:
+    """Whether guarded access works here (process_vm_readv exists: CONFIG_CROSS_MEMORY_ATTACH)."""
+    if "probed" not in _GUARD:
+        probe = bytearray(8)
+        _GUARD["probed"] = True
+        _, err = _ffi.guarded_read(_ffi.buffer_address(probe), 8)
+        if err == errno.ENOSYS:
+            _GUARD["works"] = False
+    return _GUARD["works"]
 
 
 class GuestMemfdMapping(_Guarded, HostMemory):
@@ -76,6 +109,9 @@ class GuestMemfdMapping(_Guarded, HostMemory):
 
     def __len__(self) -> int:
         return HostMemory.__len__(self)
+
+    def _direct(self) -> Any:
+        return memoryview(self)
 
 
 class RawMapping(_Guarded):
@@ -105,6 +141,8 @@ class RawMapping(_Guarded):
         """The direct view (an access to a bad page is SIGBUS)."""
         self._check()
         return self._buf
+
+    _direct = unguarded
 
     def _check(self) -> None:
         if self._buf is None:

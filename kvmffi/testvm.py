@@ -243,6 +243,12 @@ class TestVm:
         v.set_regs(rip=self.image.entry, rsp=self.low_size - i * STACK_SIZE, rdi=i, rflags=0x2)
         return v
 
+    def restart(self) -> None:
+        """Start the guest program again from its entry point on every vCPU (e.g. after GUEST_DONE),
+        with the guest globals as they are now."""
+        for i, s in enumerate(self.states):
+            s.vcpu.set_regs(rip=self.image.entry, rsp=self.low_size - i * STACK_SIZE, rdi=i, rflags=0x2)
+
     @property
     def vcpus(self) -> list[Vcpu]:
         return [s.vcpu for s in self.states]

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from ..cache import cache_dir
-from .config import FRAGMENT, judge_config
+from .config import DEBUG_FRAGMENT, FRAGMENT, judge_config
 from .progress import Progress
 from .sources import SYSTEM_VERSION, KernelSource, SourceError, ensure_packages, kernel_source
 
@@ -71,10 +71,11 @@ def _source_identity(src: Path, debian: KernelSource | None = None) -> str:
     return f"path:{src.resolve()}:{hashlib.sha256(mk).hexdigest()[:16]}"
 
 
-def image_key(identity: str, fragment: Path = FRAGMENT, base_config: Path | None = None) -> str:
+def image_key(identity: str, fragments: list[Path], base_config: Path | None = None) -> str:
     h = hashlib.sha256()
     h.update(identity.encode())
-    h.update(fragment.read_bytes())
+    for f in fragments:
+        h.update(f.read_bytes())
     if base_config is not None:
         h.update(base_config.read_bytes())
     cc = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
@@ -82,13 +83,13 @@ def image_key(identity: str, fragment: Path = FRAGMENT, base_config: Path | None
     return h.hexdigest()[:16]
 
 
-def version_link(version: str) -> Path:
-    return kernel_cache() / f"bzImage-{version}"
+def version_link(version: str, debug: bool = False) -> Path:
+    return kernel_cache() / f"bzImage-{version}{'-debug' if debug else ''}"
 
 
-def default_image(version: str = SYSTEM_VERSION) -> Path | None:
-    """The cached bzImage built with ``kvmffi kernel build --version VERSION``, if there is one."""
-    link = version_link(version)
+def default_image(version: str = SYSTEM_VERSION, debug: bool = False) -> Path | None:
+    """The cached bzImage built with ``kvmffi kernel build --version VERSION [--debug]``, if there is one."""
+    link = version_link(version, debug)
     return link.resolve() if link.exists() else None
 
 
@@ -119,9 +120,10 @@ def _install_headers(src: Path, img_dir: Path, progress: Progress) -> None:
 
 
 def build_kernel(source: Path | None = None, *, version: str | None = None, base_config: Path | None = None,
-                 jobs: int | None = None, quiet: bool = False, fragment: Path = FRAGMENT) -> Path:
+                 jobs: int | None = None, quiet: bool = False, debug: bool = False) -> Path:
     """Build (or reuse) a bzImage of ``source`` (a tree) or of Debian's linux-source-``version``
-    (default: 6.12); returns its path."""
+    (default: 6.12); returns its path. ``debug`` adds the debug fragment (KASAN, lockdep, ...)."""
+    fragments = [FRAGMENT] + ([DEBUG_FRAGMENT] if debug else [])
     progress = Progress("kvmffi kernel", quiet=quiet)
     if source is not None and version is not None:
         raise KernelBuildError("give a source tree or a version, not both")
@@ -134,16 +136,17 @@ def build_kernel(source: Path | None = None, *, version: str | None = None, base
     if not (src / "Makefile").exists() or not (src / "arch" / "x86").is_dir():
         raise KernelBuildError(f"{src} is not a kernel source tree (no Makefile or arch/x86)")
     identity = _source_identity(src, debian)
-    key = image_key(identity, fragment, base_config)
+    key = image_key(identity, fragments, base_config)
     img_dir = kernel_cache() / "images" / key
     image = img_dir / "bzImage"
     if image.exists():
         progress.note(f"cached kernel {image} ({identity})")
         if debian is not None:
             _install_headers(src, img_dir, progress)
-            _link(version_link(debian.version), image)
+            _link(version_link(debian.version, debug), image)
         return image
-    out = kernel_cache() / "build" / hashlib.sha256(str(src).encode()).hexdigest()[:16]
+    # one build directory per tree and configuration kind: switching is then incremental
+    out = kernel_cache() / "build" / (hashlib.sha256(str(src).encode()).hexdigest()[:16] + ("-debug" if debug else ""))
     out.mkdir(parents=True, exist_ok=True)
     jobs = jobs or os.cpu_count() or 1
     if (src / ".config").exists() and source is not None and not (out / ".config").exists():
@@ -151,16 +154,16 @@ def build_kernel(source: Path | None = None, *, version: str | None = None, base
         raise KernelBuildError(f"{src} has an in-tree .config (or was built in tree): run `make mrproper` there, "
                                "or pass the configuration with --config FILE")
     progress.note(f"configuring {debian.label if debian else src} -> {out} "
-                  f"({'base ' + str(base_config) if base_config else 'tinyconfig'} + {fragment.name})")
+                  f"({'base ' + str(base_config) if base_config else 'tinyconfig'} + {' + '.join(f.name for f in fragments)})")
     if base_config is not None:
         shutil.copy(base_config, out / ".config")
         _run(["make", f"O={out}", "olddefconfig"], src, "make olddefconfig")
     else:
         _run(["make", f"O={out}", "tinyconfig"], src, "make tinyconfig")
-    _run(["scripts/kconfig/merge_config.sh", "-m", "-O", str(out), str(out / ".config"), str(fragment)], src,
-         "merging the config fragment")
+    _run(["scripts/kconfig/merge_config.sh", "-m", "-O", str(out), str(out / ".config"), *map(str, fragments)], src,
+         "merging the config fragments")
     _run(["make", f"O={out}", "olddefconfig"], src, "make olddefconfig")
-    verdict = judge_config(out / ".config", src, fragment)
+    verdict = judge_config(out / ".config", src, fragments)
     if verdict.absent:
         progress.note("left out, this tree does not define them: " + ", ".join(verdict.absent))
     if verdict.dropped:
@@ -168,7 +171,7 @@ def build_kernel(source: Path | None = None, *, version: str | None = None, base
     if verdict.fatal:
         raise KernelBuildError("options the test tiers cannot run without did not survive olddefconfig: "
                                + "; ".join(verdict.fatal))
-    progress.note(f"make -j{jobs} bzImage (a cold build takes 5-12 minutes on 2 cores)")
+    progress.note(f"make -j{jobs} bzImage (a cold build takes 5-12 minutes on 2 cores{', more with --debug' if debug else ''})")
     _run(["make", f"O={out}", f"-j{jobs}", "bzImage"], src, "make bzImage", progress, log=out / "kvmffi-build.log")
     built = out / "arch" / "x86" / "boot" / "bzImage"
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -178,6 +181,6 @@ def build_kernel(source: Path | None = None, *, version: str | None = None, base
     (img_dir / "bzImage.tmp").replace(image)
     if debian is not None:
         _install_headers(src, img_dir, progress)
-        _link(version_link(debian.version), image)
+        _link(version_link(debian.version, debug), image)
     progress.done(f"built {image}")
     return image

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FRAGMENT = Path(__file__).with_name("fragment.config")
+DEBUG_FRAGMENT = Path(__file__).with_name("debug.config")
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,20 @@ class ConfigVerdict:
     dropped: list[str]      # optional options the tree has but that did not survive
 
 
-def judge_config(config: Path, src: Path, path: Path = FRAGMENT) -> ConfigVerdict:
+def merged(paths: list[Path]) -> list[Option]:
+    """The options of several fragments merged in order (a later value wins, required if either says so)."""
+    out: dict[str, Option] = {}
+    for path in paths:
+        for o in fragment(path):
+            prev = out.get(o.name)
+            out[o.name] = Option(o.name, o.value, o.required or (prev.required if prev else None))
+    return list(out.values())
+
+
+def judge_config(config: Path, src: Path, paths: Path | list[Path] = FRAGMENT) -> ConfigVerdict:
     have = _parse(config.read_text())
-    missing = [o for o in fragment(path) if have.get(o.name, "n") != o.value]
+    opts = merged(paths if isinstance(paths, list) else [paths])
+    missing = [o for o in opts if have.get(o.name, "n") != o.value]
     if not missing:
         return ConfigVerdict([], [], [])
     defined = tree_symbols(src)
