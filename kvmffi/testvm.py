@@ -430,6 +430,7 @@ class TestVm:
         unpack = _ucall.unpack_from
         run_fast = vcpu.run_ucall_port
         get_reg = vcpu.get_reg
+        intr_since: float | None = None
         while True:
             if s.error is not None:
                 raise s.error
@@ -438,6 +439,7 @@ class TestVm:
             ex = run_fast(UCALL_PORT)
             s.in_run = False
             if ex is None:
+                intr_since = None
                 rdi = get_reg("rdi")
                 if rdi + UCALL_SIZE <= low_size:
                     uc = unpack(low, rdi)
@@ -461,7 +463,17 @@ class TestVm:
                     rip = vcpu.get_reg("rip")
                     raise GuestHang(f"vCPU {vcpu.id} did not exit within {self._timeout:.1f} s; "
                                     f"stopped at rip={rip:#x}{self._where(rip)}")
+                # a signal that was not the watchdog's: fine once, a hang if it never stops
+                now = time.monotonic()
+                if intr_since is None:
+                    intr_since = now
+                elif now - intr_since > self._timeout:
+                    rip = vcpu.get_reg("rip")
+                    raise GuestHang(f"vCPU {vcpu.id}: KVM_RUN kept returning EINTR (a signal each time, not the "
+                                    f"watchdog's) for {self._timeout:.1f} s at rip={rip:#x}{self._where(rip)}; "
+                                    "e.g. KVM sends SIGBUS for a poisoned page of guest memory")
                 continue
+            intr_since = None
             if on_exit is not None and on_exit(vcpu, ex):
                 continue
             raise self._unexpected(vcpu, ex)
