@@ -316,9 +316,20 @@ def ioctl_ptr(fd: int, request: int, ptr: Any) -> tuple[int, int]:
     return ret, (ffi.errno if ret < 0 else 0)
 
 
+def _s64(v: int) -> int:
+    v &= (1 << 64) - 1
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _s32(v: int) -> int:
+    v &= (1 << 32) - 1
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
 def fallocate(fd: int, mode: int, offset: int, length: int) -> int:
-    """fallocate(2); returns 0 or the errno (offset and length may be any int64)."""
-    ret = _libc.fallocate(fd, mode, offset, length)
+    """fallocate(2); returns 0 or the errno. offset and length are loff_t: any value is passed as its
+    64-bit pattern (2**64 - 4096 arrives as -4096), so negative tests reach the kernel's checks."""
+    ret = _libc.fallocate(fd, _s32(mode), _s64(offset), _s64(length))
     return ffi.errno if ret < 0 else 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -206,6 +207,46 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress for kernel builds")
 
 
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    """Fuzz here, or inside a test kernel (re-running this command there through `kvmffi vm`)."""
+    from .uapi import VmType
+    if args.kernel:
+        from .testkernel import BootError, boot
+        try:
+            kernel = _resolve_kernel(args.kernel, args.quiet)
+        except Exception as e:
+            print(f"kvmffi fuzz: cannot get a test kernel: {e}", file=sys.stderr)
+            return 125
+        cmd = [sys.executable, "-m", "kvmffi", "fuzz", "--examples", str(args.examples), "--steps", str(args.steps),
+               "--vm-type", args.vm_type] + (["--seed", str(args.seed)] if args.seed is not None else [])
+        try:
+            r = boot(kernel, cmd, timeout=args.timeout, echo=lambda line: print(line, flush=True))
+        except BootError as e:
+            print(f"kvmffi fuzz: {e}", file=sys.stderr)
+            return 125
+        return r.returncode
+    from .fuzz import fuzz
+    try:
+        vm_type = VmType[args.vm_type.upper()]
+    except KeyError:
+        print(f"kvmffi fuzz: --vm-type {args.vm_type}: choose {', '.join(t.name for t in VmType)}", file=sys.stderr)
+        return 2
+    try:
+        res = fuzz(examples=args.examples, seed=args.seed, vm_type=vm_type, steps=args.steps)
+    except ValueError as e:
+        print(f"kvmffi fuzz: {e}", file=sys.stderr)
+        return 4
+    for call, answers in sorted(res.answers.items()):
+        print(f"  {call:<30} " + ", ".join(f"{k} {v}" for k, v in sorted(answers.items())))
+    for bug, n in res.known_bugs.items():
+        print(f"kvmffi fuzz: known kernel bug {bug} hit {n} times (kvmffi.kernels; not a new finding)")
+    if res.finding:
+        print(f"kvmffi fuzz: FINDING\n{res.finding}")
+    print(f"kvmffi fuzz: {res.calls} calls in {res.examples} sequences, {res.seconds:.0f} s, "
+          f"{1 if res.finding else 0} finding(s) on {os.uname().release} ({vm_type.name} VM)")
+    return 1 if res.finding else 0
+
+
 def cmd_check_headers(args: argparse.Namespace) -> int:
     from .headers import check
     try:
@@ -232,6 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--kvm-path", default="/dev/kvm")
     c.add_argument("--no-probes", action="store_true", help="skip the probes that run a guest")
     c.set_defaults(fn=cmd_caps)
+
+    fz = sub.add_parser("fuzz", help="fuzz the guest_memfd uAPI with hypothesis: contract, model and kernel log")
+    fz.add_argument("--kernel", help="fuzz inside this test kernel (bzImage or version, e.g. 7.3-debug)")
+    fz.add_argument("--examples", type=int, default=200, help="call sequences to try (default 200)")
+    fz.add_argument("--steps", type=int, default=40, help="calls per sequence at most (default 40)")
+    fz.add_argument("--seed", type=int, default=None, help="hypothesis seed, for a reproducible run")
+    fz.add_argument("--vm-type", default="DEFAULT", help="DEFAULT (default) or SW_PROTECTED")
+    fz.add_argument("--timeout", type=float, default=3600.0, help="seconds in the test kernel")
+    fz.add_argument("-q", "--quiet", action="store_true")
+    fz.set_defaults(fn=cmd_fuzz)
 
     h = sub.add_parser("check-headers", help="compare the bindings with a kernel's exported uAPI headers")
     h.add_argument("include_dir", nargs="?", default="/usr/include",

@@ -245,9 +245,19 @@ class TestVm:
 
     def restart(self) -> None:
         """Start the guest program again from its entry point on every vCPU (e.g. after GUEST_DONE),
-        with the guest globals as they are now."""
+        with the guest globals as they are now.
+
+        The last exit (the ucall's port I/O) is completed first, as api.rst asks before changing
+        the vCPU's state: KVM_RUN with immediate_exit finishes it and returns at once.
+        """
         for i, s in enumerate(self.states):
-            s.vcpu.set_regs(rip=self.image.entry, rsp=self.low_size - i * STACK_SIZE, rdi=i, rflags=0x2)
+            v = s.vcpu
+            v.immediate_exit = True
+            try:
+                v.run()
+            finally:
+                v.immediate_exit = False
+            v.set_regs(rip=self.image.entry, rsp=self.low_size - i * STACK_SIZE, rdi=i, rflags=0x2)
 
     @property
     def vcpus(self) -> list[Vcpu]:

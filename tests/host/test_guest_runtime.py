@@ -181,3 +181,16 @@ def test_io_exit_decoding(kvm: Kvm) -> None:
         t.set_param("iterations", 1)
         ex = t.vcpus[0].run()
     assert (ex.direction, ex.size, ex.port, ex.count) == (IoDirection.IN, 1, 0x1000, 1)
+
+
+def test_restart_runs_the_guest_again(kvm: Kvm) -> None:
+    """TestVm.restart completes the last exit and starts the program again: it reads the new value."""
+    with TestVm("read_loop", kvm=kvm) as t:
+        mem = t.add_memory(TEST_GPA, 2 << 20, "anon")
+        t.set_param("test_gpa", TEST_GPA)
+        seen: list[int] = []
+        for value in (0x1111, 0x2222, 0x3333):
+            mem.write(0, value.to_bytes(8, "little"))
+            t.restart()
+            t.run(on_sync=lambda v, a: seen.append(a[1]) if a[0] == 1 else None)
+    assert seen == [0x1111, 0x2222, 0x3333]

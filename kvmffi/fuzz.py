@@ -1,0 +1,425 @@
+"""uAPI fuzzing with hypothesis: random sequences of guest_memfd, memslot, attribute, pre-fault and
+vCPU calls on one VM, each answer checked against the contract (kvmffi.contract), the host's view
+of shared guest_memfd memory and the guest's reads checked against a model, and the kernel log
+watched for splats. A finding is shrunk by hypothesis and printed as a Python script that replays
+it with kvmffi's public API.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import contract
+from .errors import HostMemoryFault, KvmError, errno_name
+from .exits import IntrExit, MemoryFaultExit
+from .guest_memfd import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, GuestMemfd
+from .kmsg import KernelLog, find_splats
+from .system import Kvm
+from .uapi import GuestMemfdFlag, MemoryAttribute, MemslotFlag, VmType
+
+PAGE = 4096
+MiB = 1 << 20
+GPA_BASE = 1 << 32           # test memory lives at 4 GiB and up, as in TestVm
+GPA_SPAN = 64 * MiB          # fuzzed GPAs stay in [4 GiB, 4 GiB + 64 MiB) ...
+MAX_GMEM = 8 * MiB           # ... and guest_memfds are small: the machine has 2 cores, not 2 TB
+KICK_AFTER = 2.0             # a blocking call (pre-fault, KVM_RUN) is kicked out after this long
+
+
+class Finding(AssertionError):
+    """A call answered outside its contract, the model disagreed with the kernel, or the kernel
+    logged a splat. The message ends with a script that replays the sequence."""
+
+
+@dataclass
+class Slot:
+    gpa: int
+    size: int
+    gmem: GuestMemfd | None
+    offset: int
+    keep: Any                 # the host memory its userspace_addr points into
+    in_place: bool            # a guest_memfd slot whose userspace_addr is that file's own mapping
+
+
+@dataclass
+class Stats:
+    calls: int = 0
+    examples: int = 0
+    answers: dict[str, dict[str, int]] = field(default_factory=dict)
+    known: dict[str, int] = field(default_factory=dict)     # known kernel bugs hit, by name
+
+    def record(self, call: str, err: int) -> None:
+        self.calls += 1
+        per = self.answers.setdefault(call, {})
+        key = errno_name(err) if err else "ok"
+        per[key] = per.get(key, 0) + 1
+
+
+STATS = Stats()
+
+
+def _kick_later(seconds: float) -> threading.Timer:
+    """Signal this thread after ``seconds`` so a blocking ioctl returns EINTR (the watchdog's signal)."""
+    from .testvm import KICK_SIGNAL, install_kick_handler
+    install_kick_handler()
+    target = threading.get_ident()
+    t = threading.Timer(seconds, lambda: signal.pthread_kill(target, KICK_SIGNAL))
+    t.daemon = True
+    t.start()
+    return t
+
+
+def build_machine(vm_type: VmType, log: KernelLog | None) -> type:
+    """The state machine class for one VM type (hypothesis imports lazily: only `kvmffi fuzz` needs it)."""
+    from hypothesis import strategies as st
+    from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, multiple, precondition, rule
+
+    from .testvm import TEST_GPA, TestVm
+
+    page_counts = st.integers(min_value=0, max_value=MAX_GMEM // PAGE)
+    sizes = st.one_of(page_counts.map(lambda n: n * PAGE), st.integers(min_value=0, max_value=MAX_GMEM),
+                      st.sampled_from([0, 1, PAGE - 1, -PAGE, 1 << 62, (1 << 63) - PAGE, (1 << 64) - PAGE]))
+    gmem_flags = st.one_of(st.sampled_from([0, 1, 2, 3]), st.integers(min_value=0, max_value=(1 << 64) - 1))
+    offsets = st.one_of(page_counts.map(lambda n: n * PAGE), st.integers(min_value=0, max_value=MAX_GMEM),
+                        st.sampled_from([(1 << 63) - PAGE, (1 << 64) - PAGE, 1 << 40]))
+    modes = st.one_of(st.sampled_from([FALLOC_FL_KEEP_SIZE, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, 0,
+                                       FALLOC_FL_PUNCH_HOLE]), st.integers(min_value=0, max_value=0x7F))
+    gpas = st.one_of(st.integers(min_value=0, max_value=GPA_SPAN // PAGE).map(lambda n: GPA_BASE + n * PAGE),
+                     st.integers(min_value=GPA_BASE, max_value=GPA_BASE + GPA_SPAN),
+                     st.sampled_from([0, (1 << 52) - PAGE, (1 << 64) - PAGE]))
+    slot_sizes = st.one_of(st.integers(min_value=0, max_value=512).map(lambda n: n * PAGE),
+                           st.integers(min_value=0, max_value=2 * MiB))
+    memslot_flags = st.one_of(st.sampled_from([0, int(MemslotFlag.GUEST_MEMFD),
+                                               int(MemslotFlag.GUEST_MEMFD | MemslotFlag.READONLY),
+                                               int(MemslotFlag.LOG_DIRTY_PAGES)]),
+                              st.integers(min_value=0, max_value=(1 << 32) - 1))
+
+    class GmemMachine(RuleBasedStateMachine):
+        gmems = Bundle("gmems")
+        maps = Bundle("maps")
+
+        def __init__(self) -> None:
+            super().__init__()
+            STATS.examples += 1
+            self.script = ["from kvmffi import Kvm", f"kvm = Kvm(); vm = kvm.create_vm({int(vm_type)})",
+                           "vcpu = vm.create_vcpu(0)"]
+            self.names: dict[int, str] = {}
+            self.tvm = TestVm("read_loop", vm_type=vm_type, timeout=KICK_AFTER)
+            assert self.tvm.vm is not None
+            self.vm = self.tvm.vm
+            self.vcpu = self.tvm.vcpus[0]
+            self.slots: dict[int, Slot] = {}
+            self.mappings: list[tuple[GuestMemfd, Any]] = []
+            self.mapped_pages: set[int] = set()
+            self.made: list[GuestMemfd] = []
+            self.model: dict[tuple[int, int], int] = {}               # (gmem id, page) -> first byte, shared view
+            self.private_pages: set[int] = set()                      # GPA pages set private
+            self.fds_at_start = len(os.listdir("/proc/self/fd"))
+            if log is not None:
+                log.mark()
+
+        # -- bookkeeping -----------------------------------------------------------------
+        def _name(self, obj: Any, prefix: str) -> str:
+            key = id(obj)
+            if key not in self.names:
+                self.names[key] = f"{prefix}{len(self.names)}"
+            return self.names[key]
+
+        def _call(self, what: str, line: str, fn: Callable[[], Any]) -> tuple[int, Any]:
+            self.script.append(line)
+            try:
+                res = fn()
+                err = 0
+            except HostMemoryFault as e:
+                res, err = None, e.errno or 0
+            except OSError as e:
+                res, err = None, e.errno or 0
+            except Exception as e:  # kvmffi itself failed on these arguments: a finding too
+                import traceback
+                tb = "".join(traceback.format_exception(e)[-4:])
+                raise Finding(f"kvmffi raised {type(e).__name__}: {e}\n{tb}" + self.replay()) from None
+            STATS.record(what, err)
+            try:
+                contract.check(what, err)
+            except AssertionError as e:
+                raise Finding(str(e) + self.replay()) from None
+            return err, res
+
+        def _wrong(self, bug: str, what: str) -> None:
+            """A wrong answer: a finding, unless it is a known bug of this kernel (counted, not raised)."""
+            from .kernels import known_bug
+            if known_bug(bug).affected():
+                STATS.known[bug] = STATS.known.get(bug, 0) + 1
+                return
+            raise Finding(what + self.replay())
+
+        def replay(self) -> str:
+            return "\n\nreplay (kvmffi public API):\n    " + "\n    ".join(self.script)
+
+        # -- guest_memfd -------------------------------------------------------------------
+        @rule(target=gmems, size=sizes, flags=gmem_flags)
+        def create_gmem(self, size: int, flags: int) -> Any:
+            line = f"g = vm.create_guest_memfd({size:#x}, {flags:#x})"
+            err, g = self._call("KVM_CREATE_GUEST_MEMFD", line, lambda: self.vm.create_guest_memfd(size, flags))
+            if err:
+                return multiple()
+            self.script[-1] = f"{self._name(g, 'g')} = vm.create_guest_memfd({size:#x}, {flags:#x})"
+            self.made.append(g)
+            return g
+
+        @rule(g=st.one_of(gmems, maps.map(lambda gm: gm[0])), mode=modes, offset=offsets, length=slot_sizes)
+        def fallocate(self, g: GuestMemfd, mode: int, offset: int, length: int) -> None:
+            if g.closed:
+                return
+            n = self._name(g, "g")
+            err, _ = self._call("fallocate", f"{n}.fallocate({mode:#x}, {offset:#x}, {length:#x})",
+                                lambda: g.fallocate(mode, offset, length))
+            if not err and mode & FALLOC_FL_PUNCH_HOLE:
+                for p in range(offset // PAGE, (offset + length + PAGE - 1) // PAGE):
+                    self.model.pop((id(g), p), None)
+
+        @rule(target=maps, g=gmems)
+        def mmap(self, g: GuestMemfd) -> Any:
+            if g.closed or g.size > MAX_GMEM:
+                return multiple()
+            n = self._name(g, "g")
+            err, m = self._call("mmap", f"m = {n}.mmap()", lambda: g.mmap())
+            if err:
+                return multiple()
+            self.script[-1] = f"{self._name(m, 'm')} = {n}.mmap()"
+            self.mappings.append((g, m))
+            return (g, m)
+
+        @rule(gm=maps, page=st.integers(min_value=0, max_value=MAX_GMEM // PAGE), value=st.integers(1, 255))
+        def host_write(self, gm: tuple[GuestMemfd, Any], page: int, value: int) -> None:
+            g, m = gm
+            if m.closed or page * PAGE >= len(m):
+                return
+            err, _ = self._call("host access", f"{self._name(m, 'm')}[{page * PAGE:#x}] = {value:#x}",
+                                lambda: m.__setitem__(page * PAGE, value))
+            if not err:
+                self.model[(id(g), page)] = value
+            elif GuestMemfdFlag.INIT_SHARED in g.flags:
+                raise Finding(f"host write to page {page} of a MMAP|INIT_SHARED guest_memfd faulted" + self.replay())
+
+        @rule(gm=maps, page=st.integers(min_value=0, max_value=MAX_GMEM // PAGE))
+        def host_read(self, gm: tuple[GuestMemfd, Any], page: int) -> None:
+            g, m = gm
+            if m.closed or page * PAGE >= len(m):
+                return
+            err, v = self._call("host access", f"{self._name(m, 'm')}[{page * PAGE:#x}]", lambda: m[page * PAGE])
+            if not err and v != self.model.get((id(g), page), 0):
+                raise Finding(f"host read {v:#x} from page {page} of {self._name(g, 'g')}, the model says "
+                              f"{self.model.get((id(g), page), 0):#x}" + self.replay())
+            if err and GuestMemfdFlag.INIT_SHARED in g.flags:
+                raise Finding(f"host read of page {page} of a MMAP|INIT_SHARED guest_memfd faulted" + self.replay())
+
+        @rule(gm=consumes(maps))
+        def munmap(self, gm: tuple[GuestMemfd, Any]) -> None:
+            g, m = gm
+            if m.closed or any(s.keep is m for s in self.slots.values()):
+                return  # a slot points into it: the VM keeps it (kvmffi's order: VM first)
+            self.script.append(f"{self._name(m, 'm')}.close()")
+            m.close()
+
+        @rule(g=consumes(gmems))
+        def close_gmem(self, g: GuestMemfd) -> None:
+            if g.closed:
+                return
+            self.script.append(f"{self._name(g, 'g')}.close()")
+            g.close()
+
+        # -- memslots ----------------------------------------------------------------------
+        @rule(slot=st.integers(min_value=1, max_value=8), gpa=gpas, size=slot_sizes, flags=memslot_flags,
+              g=st.one_of(st.none(), gmems), offset=offsets, use_mapping=st.booleans())
+        def set_memslot(self, slot: int, gpa: int, size: int, flags: int, g: GuestMemfd | None, offset: int,
+                        use_mapping: bool) -> None:
+            if g is not None and g.closed:
+                g = None
+            hva, keep, in_place = 0, None, False
+            if use_mapping and g is not None:
+                for mg, mm in self.mappings:
+                    if mg is g and not mm.closed:
+                        in_place = 0 <= offset and offset + size <= len(mm)
+                        hva, keep = (mm.addr + offset if in_place else mm.addr), mm
+                        break
+            if keep is None and size:
+                keep = self.tvm.low  # valid host memory for the slot's shared half
+                hva = keep.addr if keep is not None else 0
+                size = min(size, len(keep) if keep is not None else 0)
+            gn = self._name(g, "g") if g is not None else "None"
+            line = (f"vm.set_user_memory_region2({slot}, {gpa:#x}, {size:#x}, {hva:#x}, {flags:#x}, {gn}, "
+                    f"{offset:#x})")
+            err, _ = self._call("KVM_SET_USER_MEMORY_REGION2", line,
+                                lambda: self.vm.set_user_memory_region2(slot, gpa, size, hva, flags, g, offset,
+                                                                        keep=keep))
+            if not err and size and g is not None and flags & MemslotFlag.GUEST_MEMFD and offset + size > g.size:
+                self._wrong("gmem_bind_offset_overflow", f"KVM_SET_USER_MEMORY_REGION2 accepted a binding of "
+                            f"[{offset:#x}, {offset + size:#x}) of a guest_memfd of {g.size:#x} bytes")
+            if not err:
+                if size:
+                    gm = g if flags & MemslotFlag.GUEST_MEMFD else None
+                    self.slots[slot] = Slot(gpa, size, gm, offset, keep, in_place and gm is not None)
+                else:
+                    self.slots.pop(slot, None)
+
+        @precondition(lambda self: vm_type == VmType.DEFAULT)
+        @rule(target=maps, pages=st.integers(1, 64), slot=st.integers(1, 8),
+              gpa_page=st.integers(0, GPA_SPAN // PAGE - 64), first=st.integers(0, 63), count=st.integers(1, 64))
+        def bind_in_place(self, pages: int, slot: int, gpa_page: int, first: int, count: int) -> Any:
+            """A valid shared setup: a MMAP|INIT_SHARED guest_memfd, its mapping, a slot over part of it
+            whose userspace_addr is that part of the mapping."""
+            flags = int(GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED)
+            err, g = self._call("KVM_CREATE_GUEST_MEMFD", f"g = vm.create_guest_memfd({pages * PAGE:#x}, {flags:#x})",
+                                lambda: self.vm.create_guest_memfd(pages * PAGE, flags))
+            if err:
+                return multiple()
+            gn = self._name(g, "g")
+            self.made.append(g)
+            self.script[-1] = f"{gn} = vm.create_guest_memfd({pages * PAGE:#x}, {flags:#x})"
+            err, m = self._call("mmap", f"m = {gn}.mmap()", lambda: g.mmap())
+            if err:
+                return multiple()
+            self.script[-1] = f"{self._name(m, 'm')} = {gn}.mmap()"
+            self.mappings.append((g, m))
+            first = min(first, pages - 1)
+            count = min(count, pages - first)
+            off, size, gpa = first * PAGE, count * PAGE, GPA_BASE + gpa_page * PAGE
+            line = (f"vm.set_user_memory_region2({slot}, {gpa:#x}, {size:#x}, {self._name(m, 'm')}.addr + {off:#x}, "
+                    f"{int(MemslotFlag.GUEST_MEMFD):#x}, {gn}, {off:#x})")
+            err, _ = self._call("KVM_SET_USER_MEMORY_REGION2", line,
+                                lambda: self.vm.set_user_memory_region2(slot, gpa, size, m.addr + off,
+                                                                        MemslotFlag.GUEST_MEMFD, g, off, keep=m))
+            if not err:
+                self.slots[slot] = Slot(gpa, size, g, off, m, True)
+            return (g, m)
+
+        @rule(gpa=gpas, size=slot_sizes, attrs=st.sampled_from([0, int(MemoryAttribute.PRIVATE), 1, 1 << 63]),
+              flags=st.sampled_from([0, 0, 0, 1]))
+        def set_attributes(self, gpa: int, size: int, attrs: int, flags: int) -> None:
+            line = f"vm.set_memory_attributes({gpa:#x}, {size:#x}, {attrs:#x}, {flags:#x})"
+            err, _ = self._call("KVM_SET_MEMORY_ATTRIBUTES", line,
+                                lambda: self.vm.set_memory_attributes(gpa, size, attrs, flags))
+            if not err:
+                for p in range(gpa // PAGE, (gpa + size) // PAGE):
+                    if attrs & MemoryAttribute.PRIVATE:
+                        self.private_pages.add(p)
+                    else:
+                        self.private_pages.discard(p)
+
+        # -- vCPU --------------------------------------------------------------------------
+        @rule(gpa=gpas, size=slot_sizes, flags=st.sampled_from([0, 0, 0, 1]))
+        def pre_fault(self, gpa: int, size: int, flags: int) -> None:
+            timer = _kick_later(KICK_AFTER)
+            try:
+                self._call("KVM_PRE_FAULT_MEMORY", f"vcpu.pre_fault_memory({gpa:#x}, {size:#x}, {flags:#x})",
+                           lambda: self.vcpu.pre_fault_memory(gpa, size, flags))
+            finally:
+                timer.cancel()
+
+        @precondition(lambda self: vm_type == VmType.DEFAULT)
+        @rule(data=st.data())
+        def guest_reads(self, data: Any) -> None:
+            """The guest reads the first byte of a page of a guest_memfd slot: the model's value."""
+            bound = [(n, s) for n, s in self.slots.items() if s.gmem is not None and s.in_place
+                     and not s.gmem.closed and GuestMemfdFlag.INIT_SHARED in s.gmem.flags
+                     and not any(p in self.private_pages for p in range(s.gpa // PAGE, (s.gpa + s.size) // PAGE))]
+            if not bound:
+                return
+            slot, s = data.draw(st.sampled_from(bound))
+            page = data.draw(st.integers(min_value=0, max_value=s.size // PAGE - 1))
+            target = s.gpa + page * PAGE
+            want = self.model.get((id(s.gmem), s.offset // PAGE + page), 0)
+            if target not in self.mapped_pages:
+                self.tvm.pt.map(target, target, PAGE)
+                self.mapped_pages.add(target)
+            self.tvm.set_param("test_gpa", target)
+            self.tvm.set_param("forever", 0)
+            self.tvm.restart()
+            got: list[int] = []
+            self.script.append(f"# the guest reads GPA {target:#x} (slot {slot}): expects {want:#x}")
+            try:
+                ex = self.tvm.run_until_exit(on_sync=lambda v, a: got.append(a[1]) if a[0] == 1 else None,
+                                             timeout=KICK_AFTER)
+            except Exception as e:  # a hang or an exception in the guest: an answer to check
+                STATS.record("KVM_RUN", E.EINTR)
+                raise Finding(f"the guest's read of {target:#x} did not complete: {e}" + self.replay()) from None
+            STATS.record("KVM_RUN", 0)
+            if isinstance(ex, (MemoryFaultExit, IntrExit)):
+                raise Finding(f"the guest's read of shared guest_memfd memory at {target:#x} exited with {ex!r}"
+                              + self.replay())
+            if ex is not None:
+                return  # another exit (e.g. MMIO where the slot's mapping is not served): not modelled
+            if got and (got[0] & 0xFF) != want:
+                raise Finding(f"the guest read {got[0] & 0xFF:#x} at {target:#x}, the host model says {want:#x}"
+                              + self.replay())
+
+        @invariant()
+        def no_kernel_splat(self) -> None:
+            if log is None:
+                return
+            splats = find_splats(log.read())
+            if splats:
+                raise Finding(f"the kernel logged a splat: {splats[0].kind}\n{splats[0]}" + self.replay())
+
+        def teardown(self) -> None:
+            self.tvm.close()
+            for _, m in self.mappings:
+                m.close()
+            for g in self.made:
+                g.close()
+            leaked = len(os.listdir("/proc/self/fd")) - self.fds_at_start
+            if leaked > 0:
+                raise Finding(f"{leaked} fds left open after the VM and its guest_memfds were closed" + self.replay())
+
+    return GmemMachine
+
+
+@dataclass
+class FuzzResult:
+    examples: int
+    calls: int
+    seconds: float
+    finding: str | None
+    answers: dict[str, dict[str, int]]
+    known_bugs: dict[str, int]
+
+
+def fuzz(*, examples: int = 200, seed: int | None = None, vm_type: VmType = VmType.DEFAULT,
+         steps: int = 40) -> FuzzResult:
+    """Run ``examples`` random sequences of up to ``steps`` calls each; stop at the first finding."""
+    from hypothesis import HealthCheck, settings
+    from hypothesis import seed as hseed
+    from hypothesis.stateful import run_state_machine_as_test
+
+    STATS.calls, STATS.examples, STATS.answers, STATS.known = 0, 0, {}, {}
+    with Kvm() as kvm:
+        if int(vm_type) not in [int(t) for t in kvm.vm_types()]:
+            raise ValueError(f"VM type {vm_type.name} is not offered here (KVM_CAP_VM_TYPES)")
+    log = KernelLog.open()
+    machine = build_machine(vm_type, log)
+    if seed is not None:
+        machine = hseed(seed)(machine)
+    cfg = settings(max_examples=examples, stateful_step_count=steps, deadline=None, database=None,
+                   suppress_health_check=list(HealthCheck), print_blob=False)
+    t0 = time.monotonic()
+    finding = None
+    try:
+        run_state_machine_as_test(machine, settings=cfg)
+    except Finding as e:
+        finding = str(e)
+    except Exception as e:  # a crash in kvmffi itself is a finding too
+        finding = f"{type(e).__name__}: {e}"
+    finally:
+        if log is not None:
+            log.close()
+    return FuzzResult(STATS.examples, STATS.calls, time.monotonic() - t0, finding, STATS.answers, STATS.known)
+
+
+__all__ = ["Finding", "FuzzResult", "fuzz", "KvmError"]
