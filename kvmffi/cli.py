@@ -87,6 +87,8 @@ def _plan_tiers(args: argparse.Namespace) -> tuple[list[tuple[str, list[str], st
 
         from .testkernel import build_kernel
         kernel = str(build_kernel(Path(args.tree), quiet=args.quiet))
+    if getattr(args, "soak", None):
+        return [("soak", list(args.selection) or ["tests/private/test_soak.py"], kernel)], []
     if args.selection:
         return [("selection", list(args.selection), kernel)], []
     if kernel:
@@ -145,7 +147,8 @@ def _run_tiers(args: argparse.Namespace, strict: bool) -> tuple[list, list[str]]
             echo = (lambda line: print(line, flush=True))
         r = run_tier(name, sel, keyword=args.k, fmt=fmt, junit=junit, strict=strict, kernel=kernel, echo=echo,
                      numa=getattr(args, "numa", 0),
-                     timeout=args.timeout)
+                     extra_env={"KVMFFI_SOAK": str(args.soak)} if getattr(args, "soak", None) else None,
+                     timeout=max(args.timeout, (getattr(args, "soak", None) or 0) + 900))
         results.append(r)
         if nested:
             print(("ok" if r.ksft != 1 else "not ok") + f" {i} {name.replace(' ', '_')}"
@@ -204,6 +207,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tree", help="build this kernel source tree with the fragment and run inside it")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per tier in the test kernel")
     p.add_argument("--numa", type=int, default=0, metavar="N", help="N NUMA nodes in the test kernel's machine")
+    p.add_argument("--soak", type=float, default=None, metavar="SECONDS",
+                   help="repeat the conversion and memslot-churn scenarios for this long (with the kernel-log gate)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress for kernel builds")
 
 

@@ -89,10 +89,10 @@ def pytest_args(selection: list[str], keyword: str | None, fmt: str, ktap_file: 
 def run_tier(name: str, selection: list[str], *, keyword: str | None = None, fmt: str = "pretty",
              junit: str | None = None, strict: bool = False, kernel: str | None = None,
              echo: Callable[[str], None] = print, timeout: float = 1800.0, cpus: int = 2,
-             numa: int = 0) -> TierResult:
+             numa: int = 0, extra_env: dict[str, str] | None = None) -> TierResult:
     """Run pytest over ``selection`` here (kernel None) or inside ``kernel`` under QEMU."""
     root = project_root()
-    env = dict(os.environ)
+    env = dict(os.environ, **(extra_env or {}))
     if strict:
         env["KVMFFI_STRICT"] = "1"
     else:
@@ -126,7 +126,7 @@ def run_tier(name: str, selection: list[str], *, keyword: str | None = None, fmt
         cmd = [sys.executable, *pytest_args(selection, keyword, fmt, "{out}/result.ktap",
                                             "{out}/junit.xml" if junit else None)]
         cmd[3:3] = ["-p", "kvmffi.pytest_plugin"]
-        benv = {"KVMFFI_STRICT": "1" if strict else "0", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+        benv = {"KVMFFI_STRICT": "1" if strict else "0", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", **(extra_env or {})}
         try:
             r = boot(kernel, cmd, cpus=cpus, timeout=timeout, cwd=str(root), echo=echo, env=benv, results_dir=results,
                      numa=numa)
