@@ -66,6 +66,7 @@ def cmd_vm(args: argparse.Namespace) -> int:
         print(f"kvmffi vm: warning: guest programs not prebuilt: {e}", file=sys.stderr)
     try:
         r = boot(kernel, cmd, cpus=args.cpus, memory=args.memory, timeout=args.timeout, accel=args.accel, numa=args.numa,
+                 extra_append=args.kernel_args,
                  echo=lambda line: print(line, flush=True))
     except BootError as e:
         print(f"kvmffi vm: {e}", file=sys.stderr)
@@ -146,7 +147,7 @@ def _run_tiers(args: argparse.Namespace, strict: bool) -> tuple[list, list[str]]
         else:
             echo = (lambda line: print(line, flush=True))
         r = run_tier(name, sel, keyword=args.k, fmt=fmt, junit=junit, strict=strict, kernel=kernel, echo=echo,
-                     numa=getattr(args, "numa", 0),
+                     numa=getattr(args, "numa", 0), kernel_args=getattr(args, "kernel_args", ""),
                      extra_env={"KVMFFI_SOAK": str(args.soak)} if getattr(args, "soak", None) else None,
                      timeout=max(args.timeout, (getattr(args, "soak", None) or 0) + 900))
         results.append(r)
@@ -207,9 +208,38 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tree", help="build this kernel source tree with the fragment and run inside it")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per tier in the test kernel")
     p.add_argument("--numa", type=int, default=0, metavar="N", help="N NUMA nodes in the test kernel's machine")
+    p.add_argument("--kernel-args", default="", metavar="ARGS",
+                   help="test kernel command line additions, e.g. KVM module parameters: 'kvm_amd.npt=0 kvm.enable_pmu=0'")
     p.add_argument("--soak", type=float, default=None, metavar="SECONDS",
                    help="repeat the conversion and memslot-churn scenarios for this long (with the kernel-log gate)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress for kernel builds")
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from . import matrix as mx
+    try:
+        if args.configs:
+            configs = [mx.parse_config(s) for s in args.configs.split(",")]
+        else:
+            configs = list(mx.DEFAULT_CONFIGS)
+        if args.kernels:
+            wanted = args.kernels.split(",")
+            configs = [c for c in configs if c.kernel in wanted] + [
+                mx.parse_config(k) for k in wanted if not any(c.kernel == k for c in configs)]
+        configs = mx.shard(configs, args.shard)
+    except ValueError as e:
+        print(f"kvmffi matrix: {e}", file=sys.stderr)
+        return 2
+    fmt = "json" if args.json else args.format
+    results = mx.run_matrix(configs, selection=args.selection or None, keyword=args.k, strict=args.strict,
+                            jobs=args.jobs, resolve=lambda k: _resolve_kernel(k, args.quiet), log_dir=args.logs)
+    if fmt == "json":
+        print(mx.format_json(results))
+    elif fmt == "ktap":
+        print(mx.format_ktap(results))
+    else:
+        print(mx.format_table(results))
+    return mx.exit_code(results)
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
@@ -279,6 +309,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-probes", action="store_true", help="skip the probes that run a guest")
     c.set_defaults(fn=cmd_caps)
 
+    mt = sub.add_parser("matrix", help="run the suites in every configuration (kernel x NUMA x KVM parameters)")
+    mt.add_argument("selection", nargs="*", help="pytest paths (default: the host and private tiers)")
+    mt.add_argument("-k", default=None, metavar="EXPR", help="pytest -k expression")
+    mt.add_argument("--kernels", help="only configurations on these kernels, e.g. 6.12,7.3,host")
+    mt.add_argument("--configs", help="configurations by name (host, 6.12, 7.3, 7.3-numa2, 7.3-shadow-mmu) or as "
+                    "KERNEL[+numaN][+PARAM=VALUE...], e.g. 7.3+numa2,7.3+kvm.enable_pmu=0")
+    mt.add_argument("--format", choices=["pretty", "ktap", "json"], default="pretty")
+    mt.add_argument("--json", action="store_true", help="same as --format json")
+    mt.add_argument("-j", "--jobs", type=int, default=1, help="configurations at once (QEMU instances)")
+    mt.add_argument("--shard", metavar="I/N", help="run the I-th of N slices of the configurations")
+    mt.add_argument("--strict", action="store_true", help="a capability skip is a failure")
+    mt.add_argument("--logs", metavar="DIR", help="write each configuration's full output to DIR/NAME.log")
+    mt.add_argument("-q", "--quiet", action="store_true")
+    mt.set_defaults(fn=cmd_matrix)
+
     fz = sub.add_parser("fuzz", help="fuzz the guest_memfd uAPI with hypothesis: contract, model and kernel log")
     fz.add_argument("--kernel", help="fuzz inside this test kernel (bzImage or version, e.g. 7.3-debug)")
     fz.add_argument("--examples", type=int, default=200, help="call sequences to try (default 200)")
@@ -324,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--cpus", type=int, default=2)
     v.add_argument("--memory", default="2G")
     v.add_argument("--numa", type=int, default=0, metavar="N", help="split memory and CPUs into N NUMA nodes")
+    v.add_argument("--kernel-args", default="", metavar="ARGS", help="kernel command line additions (KVM parameters)")
     v.add_argument("--timeout", type=float, default=900.0, help="seconds for boot and command together")
     v.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"],
                    help="auto: KVM where the host offers nested virtualization, else TCG")

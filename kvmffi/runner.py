@@ -39,6 +39,7 @@ class TierResult:
     skip_reasons: list[str] = field(default_factory=list)
     fail_names: list[str] = field(default_factory=list)
     infra_error: str = ""
+    outcomes: dict[str, str] = field(default_factory=dict)   # test name -> passed/failed/skipped/xfailed/xpassed
 
     @property
     def ksft(self) -> int:
@@ -69,8 +70,14 @@ def parse_ktap(text: str, res: TierResult) -> None:
             res.totals = dict(zip(keys, map(int, m.groups())))
         elif line.startswith("ok ") and " # SKIP " in line:
             res.skip_reasons.append(line.split(" # SKIP ", 1)[1])
+            res.outcomes[line.split(" ", 2)[2].split(" # SKIP ", 1)[0]] = "skipped"
+        elif line.startswith("ok ") and " # XFAIL " in line:
+            res.outcomes[line.split(" ", 2)[2].split(" # XFAIL ", 1)[0]] = "xfailed"
+        elif line.startswith("ok "):
+            res.outcomes[line.split(" ", 2)[2]] = "passed"
         elif line.startswith("not ok "):
             res.fail_names.append(line.split(" ", 3)[-1])
+            res.outcomes[line.split(" ", 3)[-1]] = "failed"
 
 
 def pytest_args(selection: list[str], keyword: str | None, fmt: str, ktap_file: str, junit: str | None) -> list[str]:
@@ -89,7 +96,7 @@ def pytest_args(selection: list[str], keyword: str | None, fmt: str, ktap_file: 
 def run_tier(name: str, selection: list[str], *, keyword: str | None = None, fmt: str = "pretty",
              junit: str | None = None, strict: bool = False, kernel: str | None = None,
              echo: Callable[[str], None] = print, timeout: float = 1800.0, cpus: int = 2,
-             numa: int = 0, extra_env: dict[str, str] | None = None) -> TierResult:
+             numa: int = 0, extra_env: dict[str, str] | None = None, kernel_args: str = "") -> TierResult:
     """Run pytest over ``selection`` here (kernel None) or inside ``kernel`` under QEMU."""
     root = project_root()
     env = dict(os.environ, **(extra_env or {}))
@@ -129,7 +136,7 @@ def run_tier(name: str, selection: list[str], *, keyword: str | None = None, fmt
         benv = {"KVMFFI_STRICT": "1" if strict else "0", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", **(extra_env or {})}
         try:
             r = boot(kernel, cmd, cpus=cpus, timeout=timeout, cwd=str(root), echo=echo, env=benv, results_dir=results,
-                     numa=numa)
+                     numa=numa, extra_append=kernel_args)
             res.pytest_rc = r.returncode
             res.where += (f" ({r.accel}{f', {numa} NUMA nodes' if numa > 1 else ''}, boot {r.boot_seconds:.1f} s, "
                           f"total {r.seconds:.0f} s)")

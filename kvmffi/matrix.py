@@ -1,0 +1,239 @@
+"""Run the suites in several configurations (kernel x topology x KVM module parameters) and compare.
+
+A configuration names a kernel (this host, or a test kernel by version), the guest machine's NUMA
+nodes and kernel command line additions (KVM module parameters of the built-in KVM). The result of
+each is its totals and every test's outcome; the report puts the configurations side by side and
+lists the tests whose outcome differs between them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .runner import KSFT_FAIL, KSFT_PASS, KSFT_SKIP, TierResult, run_tier
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    kernel: str = "host"             # "host", a version (6.12, 7.3, 7.3-debug) or a bzImage path
+    numa: int = 0
+    kernel_args: str = ""
+    tiers: tuple[str, ...] = ("host", "private")
+    note: str = ""                   # why a tier is left out, shown in the report
+
+
+SHADOW_MMU = "kvm_amd.npt=0 kvm_intel.ept=0"
+DEFAULT_CONFIGS = (
+    Config("host"),
+    Config("6.12", "6.12"),
+    Config("7.3", "7.3"),
+    Config("7.3-numa2", "7.3", numa=2),
+    Config("7.3-shadow-mmu", "7.3", kernel_args=SHADOW_MMU, tiers=("host",),
+           note="private tier not run: with the shadow MMU (kvm_amd.npt=0) KVM offers no KVM_X86_SW_PROTECTED_VM, "
+                "which needs the TDP MMU"),
+)
+TIER_PATHS = {"host": "tests/host", "private": "tests/private"}
+
+
+def parse_config(spec: str) -> Config:
+    """A named default, or KERNEL[+numaN][+ARGS...]: '7.3+numa2', '7.3+kvm.tdp_mmu=0', 'host'."""
+    for c in DEFAULT_CONFIGS:
+        if c.name == spec:
+            return c
+    parts = spec.split("+")
+    numa, args = 0, []
+    for p in parts[1:]:
+        m = re.fullmatch(r"numa(\d+)", p)
+        if m:
+            numa = int(m.group(1))
+        elif "=" in p:
+            args.append(p)
+        else:
+            raise ValueError(f"configuration {spec!r}: {p!r} is neither numaN nor a PARAM=VALUE")
+    return Config(spec, parts[0], numa, " ".join(args))
+
+
+@dataclass
+class ConfigResult:
+    config: Config
+    kernel_release: str = ""
+    tiers: list[TierResult] = field(default_factory=list)
+
+    @property
+    def totals(self) -> dict[str, int]:
+        out = {k: 0 for k in ("pass", "fail", "skip", "xfail", "xpass", "error")}
+        for t in self.tiers:
+            for k in out:
+                out[k] += t.totals.get(k, 0)
+            if t.infra_error or not t.totals:
+                out["error"] += 1
+        return out
+
+    @property
+    def outcomes(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for t in self.tiers:
+            out.update(t.outcomes)
+        return out
+
+    @property
+    def ksft(self) -> int:
+        codes = [t.ksft for t in self.tiers]
+        if KSFT_FAIL in codes or not codes:
+            return KSFT_FAIL
+        return KSFT_PASS if KSFT_PASS in codes else KSFT_SKIP
+
+    def to_json(self) -> dict[str, object]:
+        c = self.config
+        return {"name": c.name, "kernel": c.kernel if c.kernel == "host" else self.kernel_release or c.kernel,
+                "kernel_args": c.kernel_args, "numa_nodes": max(c.numa, 1), "totals": self.totals,
+                "outcomes": self.outcomes, "note": c.note,
+                "errors": [t.infra_error for t in self.tiers if t.infra_error]}
+
+
+def shard(configs: list[Config], spec: str | None) -> list[Config]:
+    """The I-th of N slices (1-based): 'I/N'."""
+    if not spec:
+        return configs
+    m = re.fullmatch(r"(\d+)/(\d+)", spec)
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise ValueError(f"--shard {spec!r}: give I/N with 1 <= I <= N, e.g. 2/3")
+    i, n = int(m.group(1)), int(m.group(2))
+    return [c for k, c in enumerate(configs) if k % n == i - 1]
+
+
+def run_matrix(configs: list[Config], *, selection: list[str] | None = None, keyword: str | None = None,
+               strict: bool = False, jobs: int = 1, resolve: Callable[[str], str | None],
+               progress: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+               log_dir: str | None = None) -> list[ConfigResult]:
+    """Run every configuration (kernels are resolved, i.e. built, first and one at a time)."""
+    kernels: dict[str, str | None] = {}
+    for c in configs:
+        if c.kernel not in kernels:
+            progress(f"kvmffi matrix: kernel {c.kernel}" + ("" if c.kernel == "host" else " (built once, then cached)"))
+            kernels[c.kernel] = None if c.kernel == "host" else resolve(c.kernel)
+    results = [ConfigResult(c) for c in configs]
+    lock = threading.Lock()
+    done = [0]
+
+    def one(r: ConfigResult) -> None:
+        c = r.config
+        sels = [[s] for s in selection] if selection else [[TIER_PATHS[t]] for t in c.tiers]
+        log = open(os.path.join(log_dir, f"{c.name}.log"), "w") if log_dir else None
+        try:
+            for sel in sels:
+                def echo(line: str) -> None:
+                    if log is not None:
+                        log.write(line + "\n")
+                    m = re.match(r"^kvmffi: kernel (\S+),", line)
+                    if m:
+                        r.kernel_release = m.group(1)
+                progress(f"kvmffi matrix: {c.name}: {' '.join(sel)} ...")
+                t = run_tier(f"{c.name} {sel[0]}", sel, keyword=keyword, fmt="pretty", strict=strict,
+                             kernel=kernels[c.kernel], echo=echo, numa=c.numa, kernel_args=c.kernel_args)
+                r.tiers.append(t)
+                progress(f"kvmffi matrix: {c.name}: {t.summary()}")
+        finally:
+            if log is not None:
+                log.close()
+        with lock:
+            done[0] += 1
+            progress(f"kvmffi matrix: {done[0]}/{len(results)} configurations done")
+
+    if jobs > 1:
+        with ThreadPoolExecutor(max_workers=jobs) as ex:
+            list(ex.map(one, results))
+    else:
+        for r in results:
+            one(r)
+    return results
+
+
+def differences(results: list[ConfigResult]) -> dict[str, dict[str, str]]:
+    """Tests whose outcome differs between configurations: {test: {config: outcome}}."""
+    names = sorted({n for r in results for n in r.outcomes})
+    out = {}
+    for n in names:
+        have = {r.config.name: r.outcomes[n] for r in results if n in r.outcomes}
+        if len(have) >= 2 and len(set(have.values())) > 1:
+            out[n] = {r.config.name: r.outcomes.get(n, "-") for r in results}
+    return out
+
+
+def only_in_some(results: list[ConfigResult]) -> int:
+    """Tests not collected in every configuration (a VM type or flag set the kernel does not offer)."""
+    sets = [set(r.outcomes) for r in results if r.outcomes]
+    if not sets:
+        return 0
+    every, some = set(sets[0]), set(sets[0])
+    for s in sets[1:]:
+        every &= s
+        some |= s
+    return len(some - every)
+
+
+def format_table(results: list[ConfigResult]) -> str:
+    head = f"{'configuration':<18} {'kernel':<22} {'args / NUMA':<30} pass  fail  skip xfail xpass error"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        c, t = r.config, r.totals
+        shape = " ".join(x for x in (c.kernel_args, f"numa={c.numa}" if c.numa > 1 else "") if x) or "-"
+        kernel = os.uname().release if c.kernel == "host" else (r.kernel_release or c.kernel)
+        lines.append(f"{c.name:<18} {kernel[:22]:<22} {shape[:30]:<30} {t['pass']:>4} {t['fail']:>5} {t['skip']:>5} "
+                     f"{t['xfail']:>5} {t['xpass']:>5} {t['error']:>5}")
+    notes = [f"  {r.config.name}: {r.config.note}" for r in results if r.config.note]
+    errors = [f"  {r.config.name}: {t.infra_error.splitlines()[0]}" for r in results for t in r.tiers if t.infra_error]
+    diff = differences(results)
+    out = "\n".join(lines)
+    if notes:
+        out += "\n\nnotes:\n" + "\n".join(notes)
+    if errors:
+        out += "\n\ncould not run:\n" + "\n".join(errors)
+    partial = only_in_some(results)
+    if partial:
+        out += (f"\n\n{partial} tests exist in some configurations only (parametrized over the VM types and "
+                "guest_memfd flags each kernel offers)")
+    if diff:
+        names = [r.config.name for r in results]
+        out += f"\n\n{len(diff)} tests differ between configurations ({', '.join(names)}):\n"
+        short = {"passed": "pass", "failed": "FAIL", "skipped": "skip", "xfailed": "xfail", "xpassed": "XPASS", "-": "-"}
+        for n, per in diff.items():
+            out += f"  {n}\n      " + "  ".join(f"{k}={short.get(v, v)}" for k, v in per.items()) + "\n"
+    return out
+
+
+def format_ktap(results: list[ConfigResult]) -> str:
+    lines = ["KTAP version 1", f"1..{len(results)}"]
+    for i, r in enumerate(results, 1):
+        outs = r.outcomes
+        lines += [f"    KTAP version 1", f"    # configuration {r.config.name}: kernel {r.kernel_release or r.config.kernel}"
+                  + (f", {r.config.kernel_args}" if r.config.kernel_args else "")
+                  + (f", {r.config.numa} NUMA nodes" if r.config.numa > 1 else ""), f"    1..{len(outs)}"]
+        for j, (name, o) in enumerate(outs.items(), 1):
+            directive = {"skipped": " # SKIP", "xfailed": " # XFAIL"}.get(o, "")
+            lines.append(f"    {'not ok' if o == 'failed' else 'ok'} {j} {name}{directive}")
+        t = r.totals
+        lines.append(f"    # Totals: pass:{t['pass']} fail:{t['fail']} xfail:{t['xfail']} xpass:{t['xpass']} "
+                     f"skip:{t['skip']} error:{t['error']}")
+        lines.append(f"{'not ok' if r.ksft == KSFT_FAIL else 'ok'} {i} {r.config.name}"
+                     + (" # SKIP nothing ran" if r.ksft == KSFT_SKIP else ""))
+    return "\n".join(lines)
+
+
+def format_json(results: list[ConfigResult]) -> str:
+    return json.dumps({"configs": [r.to_json() for r in results]}, indent=1)
+
+
+def exit_code(results: list[ConfigResult]) -> int:
+    codes = [r.ksft for r in results]
+    if KSFT_FAIL in codes:
+        return KSFT_FAIL
+    return KSFT_PASS if KSFT_PASS in codes else KSFT_SKIP

@@ -1,0 +1,59 @@
+"""Matrix bookkeeping: configurations, shards, differences, report formats (no kernel needed)."""
+
+import json
+
+import pytest
+
+from kvmffi.matrix import (DEFAULT_CONFIGS, Config, ConfigResult, differences, exit_code, format_json, format_ktap,
+                           format_table, parse_config, shard)
+from kvmffi.runner import TierResult
+
+KEYS = ("pass", "fail", "xfail", "xpass", "skip", "error")
+
+
+def _result(name: str, outcomes: dict[str, str], **kw: object) -> ConfigResult:
+    t = TierResult(name, "x")
+    t.outcomes = outcomes
+    counts = {"passed": "pass", "failed": "fail", "skipped": "skip", "xfailed": "xfail"}
+    t.totals = {k: 0 for k in KEYS}
+    for o in outcomes.values():
+        t.totals[counts[o]] += 1
+    return ConfigResult(Config(name, **kw), tiers=[t])  # type: ignore[arg-type]
+
+
+def test_default_configurations() -> None:
+    assert [c.name for c in DEFAULT_CONFIGS] == ["host", "6.12", "7.3", "7.3-numa2", "7.3-shadow-mmu"]
+    shadow = DEFAULT_CONFIGS[-1]
+    assert "kvm_amd.npt=0" in shadow.kernel_args and shadow.tiers == ("host",) and "SW_PROTECTED" in shadow.note
+
+
+def test_parse_config() -> None:
+    assert parse_config("7.3-numa2").numa == 2
+    c = parse_config("7.3+numa2+kvm.enable_pmu=0")
+    assert (c.kernel, c.numa, c.kernel_args) == ("7.3", 2, "kvm.enable_pmu=0")
+    with pytest.raises(ValueError, match="neither numaN nor a PARAM=VALUE"):
+        parse_config("7.3+bogus")
+
+
+def test_shard_slices_the_configurations() -> None:
+    cs = list(DEFAULT_CONFIGS)
+    slices = [shard(cs, f"{i}/2") for i in (1, 2)]
+    assert [c.name for c in slices[0]] == ["host", "7.3", "7.3-shadow-mmu"]
+    assert sorted(c.name for s in slices for c in s) == sorted(c.name for c in cs)
+    with pytest.raises(ValueError, match="give I/N"):
+        shard(cs, "3/2")
+
+
+def test_differences_and_reports() -> None:
+    a = _result("a", {"t1": "passed", "t2": "passed", "only_a": "passed"})
+    b = _result("b", {"t1": "passed", "t2": "skipped"}, kernel="7.3", numa=2)
+    assert differences([a, b]) == {"t2": {"a": "passed", "b": "skipped"}}
+    table = format_table([a, b])
+    assert "1 tests exist in some configurations only" in table and "t2\n      a=pass  b=skip" in table
+    data = json.loads(format_json([a, b]))
+    assert data["configs"][1]["numa_nodes"] == 2 and data["configs"][1]["outcomes"]["t2"] == "skipped"
+    assert data["configs"][0]["totals"] == {"pass": 3, "fail": 0, "skip": 0, "xfail": 0, "xpass": 0, "error": 0}
+    ktap = format_ktap([a, b])
+    assert ktap.startswith("KTAP version 1\n1..2") and "    ok 2 t2 # SKIP" in ktap and ktap.endswith("ok 2 b")
+    assert exit_code([a, b]) == 0
+    assert exit_code([a, _result("c", {"t1": "failed"})]) == 1
