@@ -1,45 +1,55 @@
 #!/usr/bin/env bash
 # The test command: install, type-check, then run every tier:
-#   test kernels   Debian's linux-source-6.12 and linux-source-7.3, built once, cached
+#   test kernels   Debian's linux-source-6.12 and -7.3, and 7.3 with the debug fragment (KASAN,
+#                  lockdep, ...), each built once and cached
 #   unit tier      no /dev/kvm needed
-#   host tier      this machine's /dev/kvm, strict (a capability skip is a failure)
-#   in each test kernel (6.12, 7.3): the host and private tiers, strict; the newest with two
-#   NUMA nodes, so the guest_memfd mempolicy tests run (6.12 has no guest_memfd mmap)
-# KVMFFI_SKIP_PRIVATE=1 leaves the test kernels out (e.g. a host without QEMU).
-# KVMFFI_TEST_KERNELS="6.12 7.3" chooses the kernel versions.
+#   matrix         the host and private tiers, strict, in: this host (host tier), the 6.12 test
+#                  kernel, 7.3 with two NUMA nodes, 7.3 with the shadow MMU (host tier)
+#   debug kernel   the kernel-log gate proven with LKDTM, and a short uAPI fuzz, in 7.3-debug
+# KVMFFI_SKIP_PRIVATE=1 leaves the test kernels out (e.g. a host without QEMU): unit and host tiers only.
+# KVMFFI_CI_CONFIGS / KVMFFI_FUZZ_EXAMPLES override the matrix configurations and the fuzz length.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 start=$(date +%s)
-versions=${KVMFFI_TEST_KERNELS:-6.12 7.3}
+configs=${KVMFFI_CI_CONFIGS:-host,6.12,7.3-numa2,7.3-shadow-mmu}
+examples=${KVMFFI_FUZZ_EXAMPLES:-300}
 
 echo "== mypy"
 mypy
 
-declare -A kernel
 if [ "${KVMFFI_SKIP_PRIVATE:-0}" != 1 ]; then
-  for v in $versions; do
-    echo "== test kernel $v (built once, then cached)"
-    kernel[$v]=$(kvmffi kernel build --version "$v" | tail -n 1)
+  for v in 6.12 7.3; do
+    echo "== test kernel $v (built once, then cached) [$(( $(date +%s) - start )) s]"
+    kvmffi kernel build --version "$v" | tail -n 1
   done
+  echo "== test kernel 7.3 with the debug fragment [$(( $(date +%s) - start )) s]"
+  kvmffi kernel build --version 7.3 --debug | tail -n 1
 fi
 
-echo "== unit tier"
+echo "== unit tier [$(( $(date +%s) - start )) s]"
 python -m pytest -q -p no:cacheprovider tests/unit
 
-echo "== host tier (strict) on $(uname -r)"
 kvmffi caps
-KVMFFI_STRICT=1 python -m pytest -q -p no:cacheprovider tests/host
-
 if [ "${KVMFFI_SKIP_PRIVATE:-0}" = 1 ]; then
+  echo "== host tier (strict) on $(uname -r)"
+  KVMFFI_STRICT=1 python -m pytest -q -p no:cacheprovider tests/host
   echo "== test kernels: left out (KVMFFI_SKIP_PRIVATE=1)"
-else
-  last=$(echo $versions | awk '{print $NF}')
-  for v in $versions; do
-    numa=0; [ "$v" = "$last" ] && numa=2
-    echo "== host and private tiers (strict) in the $v test kernel$( [ $numa = 2 ] && echo ', 2 NUMA nodes')"
-    kvmffi run --strict --numa $numa --kernel "${kernel[$v]}"
-  done
+  exit 0
 fi
+
+echo "== matrix (strict): $configs [$(( $(date +%s) - start )) s]"
+logs=$(mktemp -d /tmp/kvmffi-ci-matrix.XXXXXX)
+if ! kvmffi matrix --strict --configs "$configs" --logs "$logs"; then
+  for f in "$logs"/*.log; do echo "---- $f"; grep -E "^(FAILED|ERROR)|^E  " "$f" | head -40; done
+  exit 1
+fi
+
+echo "== debug kernel: the kernel-log gate, strict [$(( $(date +%s) - start )) s]"
+kvmffi run --strict --kernel 7.3-debug tests/host/test_kernel_log.py tests/host/test_vm.py
+
+echo "== debug kernel: uAPI fuzz, $examples sequences [$(( $(date +%s) - start )) s]"
+kvmffi fuzz --kernel 7.3-debug --examples "$examples" --seed 1
+
 echo "== all tiers passed in $(( $(date +%s) - start )) s"

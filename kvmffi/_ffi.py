@@ -13,7 +13,6 @@ import errno
 import fcntl as _fcntl
 import mmap as _mmap
 import struct as _struct
-import errno as errno_mod
 import os
 from typing import Any
 
@@ -419,42 +418,36 @@ def raw_mmap(length: int, prot: int, flags: int, fd: int, offset: int) -> tuple[
     return addr, ffi.buffer(ffi.cast("char *", p), length)
 
 
+def _process_vm_copy(fn: Any, local: Any, addr: int, n: int) -> tuple[int, int]:
+    """Copy ``n`` bytes between ``local`` and this process's ``addr`` with process_vm_readv/writev
+    (``fn``); returns (bytes copied, 0 or the errno at the first page that refused)."""
+    liov = ffi.new("struct iovec *")
+    riov = ffi.new("struct iovec *")
+    done = 0
+    while done < n:
+        liov.iov_base, liov.iov_len = ffi.cast("char *", local) + done, n - done
+        riov.iov_base, riov.iov_len = ffi.cast("void *", addr + done), n - done
+        r = fn(os.getpid(), liov, 1, riov, 1, 0)
+        if r <= 0:
+            return done, (ffi.errno if r < 0 else errno.EFAULT)
+        done += r
+    return done, 0
+
+
 def guarded_read(addr: int, n: int) -> tuple[bytes, int]:
     """Read ``n`` bytes of this process's memory at ``addr`` through the kernel (process_vm_readv):
     a page that would SIGBUS or SIGSEGV on a direct access stops the copy instead. Returns the
     bytes copied and 0, or the bytes before the bad page and the errno (EFAULT)."""
     out = ffi.new("char[]", n)
-    local = ffi.new("struct iovec *", {"iov_base": out, "iov_len": n})
-    remote = ffi.new("struct iovec *", {"iov_base": ffi.cast("void *", addr), "iov_len": n})
-    done, err = 0, 0
-    while done < n:
-        local.iov_base, local.iov_len = out + done, n - done
-        remote.iov_base, remote.iov_len = ffi.cast("void *", addr + done), n - done
-        r = _libc.process_vm_readv(os.getpid(), local, 1, remote, 1, 0)
-        if r <= 0:
-            err = ffi.errno if r < 0 else errno_mod.EFAULT
-            break
-        done += r
+    done, err = _process_vm_copy(_libc.process_vm_readv, out, addr, n)
     return ffi.buffer(out, done)[:], err
 
 
 def guarded_write(addr: int, data: bytes) -> tuple[int, int]:
     """Write ``data`` at ``addr`` of this process through the kernel (process_vm_writev); returns
     (bytes written, 0 or the errno where a page refused it)."""
-    n = len(data)
     src = ffi.from_buffer(data)
-    local = ffi.new("struct iovec *")
-    remote = ffi.new("struct iovec *")
-    done, err = 0, 0
-    while done < n:
-        local.iov_base, local.iov_len = ffi.cast("char *", src) + done, n - done
-        remote.iov_base, remote.iov_len = ffi.cast("void *", addr + done), n - done
-        r = _libc.process_vm_writev(os.getpid(), local, 1, remote, 1, 0)
-        if r <= 0:
-            err = ffi.errno if r < 0 else errno_mod.EFAULT
-            break
-        done += r
-    return done, err
+    return _process_vm_copy(_libc.process_vm_writev, src, addr, len(data))
 
 
 def raw_munmap(addr: int, length: int) -> None:
