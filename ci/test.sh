@@ -46,10 +46,8 @@ if ! kvmffi matrix --strict --configs "$configs" --logs "$logs"; then
   exit 1
 fi
 
-echo "== debug kernel: the kernel-log gate, strict [$(( $(date +%s) - start )) s]"
-kvmffi run --strict --kernel 7.3-debug tests/host/test_kernel_log.py tests/host/test_vm.py
-
-echo "== debug kernel: uAPI fuzz, $examples sequences [$(( $(date +%s) - start )) s]"
-kvmffi fuzz --kernel 7.3-debug --examples "$examples" --seed 1
+echo "== debug kernel: the kernel-log gate and a $examples-sequence uAPI fuzz, strict [$(( $(date +%s) - start )) s]"
+KVMFFI_FUZZ_EXAMPLES=$examples kvmffi run --strict --kernel 7.3-debug \
+  tests/host/test_kernel_log.py tests/host/test_vm.py tests/host/test_fuzz.py
 
 echo "== all tiers passed in $(( $(date +%s) - start )) s"
