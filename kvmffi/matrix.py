@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .runner import KSFT_FAIL, KSFT_PASS, KSFT_SKIP, TierResult, run_tier
 
@@ -110,6 +110,17 @@ def shard(configs: list[Config], spec: str | None) -> list[Config]:
     return [c for k, c in enumerate(configs) if k % n == i - 1]
 
 
+def _fit_to_host(c: Config) -> Config:
+    """This host runs the private tier only if it has a VM type with private memory."""
+    from .caps import snapshot
+    h = snapshot()
+    if "private" not in c.tiers or any(v.private for v in h.per_vm_type if v.creatable):
+        return c
+    return replace(c, tiers=tuple(x for x in c.tiers if x != "private"),
+                   note=f"private tier not run here: no VM type with private memory on this host (KVM_CAP_VM_TYPES "
+                        f"{h.vm_types_mask:#x}); it runs in the test kernels")
+
+
 def run_matrix(configs: list[Config], *, selection: list[str] | None = None, keyword: str | None = None,
                strict: bool = False, jobs: int = 1, resolve: Callable[[str], str | None],
                progress: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
@@ -120,6 +131,7 @@ def run_matrix(configs: list[Config], *, selection: list[str] | None = None, key
         if c.kernel not in kernels:
             progress(f"kvmffi matrix: kernel {c.kernel}" + ("" if c.kernel == "host" else " (built once, then cached)"))
             kernels[c.kernel] = None if c.kernel == "host" else resolve(c.kernel)
+    configs = [_fit_to_host(c) if c.kernel == "host" and not selection else c for c in configs]
     results = [ConfigResult(c) for c in configs]
     lock = threading.Lock()
     done = [0]
