@@ -132,6 +132,8 @@ def run_matrix(configs: list[Config], *, selection: list[str] | None = None, key
             progress(f"kvmffi matrix: kernel {c.kernel}" + ("" if c.kernel == "host" else " (built once, then cached)"))
             kernels[c.kernel] = None if c.kernel == "host" else resolve(c.kernel)
     configs = [_fit_to_host(c) if c.kernel == "host" and not selection else c for c in configs]
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
     results = [ConfigResult(c) for c in configs]
     lock = threading.Lock()
     done = [0]
