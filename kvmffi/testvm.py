@@ -533,6 +533,9 @@ class TestVm:
         if isinstance(ex, ShutdownExit):
             head = (f"guest triple fault on vCPU {vcpu.id} (KVM_EXIT_SHUTDOWN): an exception while "
                     "delivering an exception, e.g. with no usable IDT or stack")
+            if rip == 0xFFF0:
+                head += ("; the registers below are the reset state: on AMD (SVM) KVM reinitializes the "
+                         "vCPU on a shutdown, so where the guest was is lost")
         if isinstance(ex, IoExit) and ex.direction is IoDirection.IN:
             head += " (an IN the test does not answer)"
         at = f"rip={rip:#x}{self._where(rip)}" if rip >= 0 else "rip unknown"
