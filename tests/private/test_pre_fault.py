@@ -23,6 +23,14 @@ PAGE = 4096
 # Not marked private: the DEFAULT VM type runs these too (shared memory).
 
 
+def skip_missing_vm_type(kvm, vm_type: VmType, feature: str | None = None) -> None:  # noqa: ANN001
+    """Skip (fail in strict mode) naming the KVM_CAP_VM_TYPES bit this test needs."""
+    from kvmffi.hints import missing_cap_reason
+    from kvmffi.pytest_plugin import skip_missing
+    skip_missing(missing_cap_reason(Cap.VM_TYPES, kvm.check_extension(Cap.VM_TYPES), "/dev/kvm",
+                                    f"bit {int(vm_type)}"), feature)
+
+
 @pytest.fixture(params=["shared", "private"])
 def pf_vm(request, kvm):  # noqa: ANN001, ANN201
     """A TestVm with a 64 MiB slot at 4 GiB: anonymous on DEFAULT, private guest_memfd on SW_PROTECTED."""
@@ -30,10 +38,7 @@ def pf_vm(request, kvm):  # noqa: ANN001, ANN201
     vm_type = VmType.SW_PROTECTED if private else VmType.DEFAULT
     types = kvm.vm_types()
     if vm_type not in types:
-        from kvmffi.hints import missing_cap_reason
-        from kvmffi.pytest_plugin import skip_missing
-        skip_missing(missing_cap_reason(Cap.VM_TYPES, kvm.check_extension(Cap.VM_TYPES), "/dev/kvm",
-                                        f"bit {int(vm_type)}"))
+        skip_missing_vm_type(kvm, vm_type)
     with TestVm("sync_loop", kvm=kvm, vm_type=vm_type) as t:
         assert t.vm is not None
         require_cap(Cap.PRE_FAULT_MEMORY, t.vm)
@@ -201,10 +206,7 @@ def test_guest_reads_pre_faulted_memory(kvm, shape: str) -> None:  # noqa: ANN00
     type_name, kind = shape.split("-")
     vm_type = VmType[type_name]
     if vm_type not in kvm.vm_types():
-        from kvmffi.hints import missing_cap_reason
-        from kvmffi.pytest_plugin import skip_missing
-        skip_missing(missing_cap_reason(Cap.VM_TYPES, kvm.check_extension(Cap.VM_TYPES), "/dev/kvm",
-                                        f"bit {int(vm_type)}"), "KVM_CAP_VM_TYPES")
+        skip_missing_vm_type(kvm, vm_type, "KVM_CAP_VM_TYPES")
     size = 2 * MiB + PAGE
     with TestVm("shared_mem", kvm=kvm, vm_type=vm_type, timeout=120) as t:
         assert t.vm is not None
