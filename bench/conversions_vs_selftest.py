@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from kvmffi.suites import TIERS
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
@@ -33,12 +35,10 @@ def main() -> int:
     selftest = sys.argv[1]
     st_s, st_rc = min(wall([selftest]) for _ in range(3))
     py = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "kvmffi.pytest_plugin",
-          "tests/private/test_conversions.py::test_conversions", "-k", "hypercall"]
+          str(TIERS["private"] / "test_conversions.py") + "::test_conversions", "-k", "hypercall"]
     pytest_s, pytest_rc = min(wall(py) for _ in range(3))
-    sys.path.insert(0, str(ROOT / "tests" / "private"))
-    from conversions import run_conversions  # noqa: E402
-
     from kvmffi import Kvm, VmType
+    from kvmffi.suites.private.conversions import run_conversions
     from kvmffi.testvm import install_kick_handler
     install_kick_handler()
     with Kvm() as kvm:

@@ -29,12 +29,12 @@ if [ "${KVMFFI_SKIP_PRIVATE:-0}" != 1 ]; then
 fi
 
 echo "== unit tier [$(( $(date +%s) - start )) s]"
-python -m pytest -q -p no:cacheprovider tests/unit
+python -m pytest -q -p no:cacheprovider tests/unit tests/integration
 
 kvmffi caps
 if [ "${KVMFFI_SKIP_PRIVATE:-0}" = 1 ]; then
   echo "== host tier (strict) on $(uname -r)"
-  KVMFFI_STRICT=1 python -m pytest -q -p no:cacheprovider tests/host
+  kvmffi run --strict host
   echo "== test kernels: left out (KVMFFI_SKIP_PRIVATE=1)"
   exit 0
 fi
@@ -48,6 +48,6 @@ fi
 
 echo "== debug kernel: the kernel-log gate and a $examples-sequence uAPI fuzz, strict [$(( $(date +%s) - start )) s]"
 KVMFFI_FUZZ_EXAMPLES=$examples kvmffi run --strict --kernel 7.3-debug \
-  tests/host/test_kernel_log.py tests/host/test_vm.py tests/host/test_fuzz.py
+  host/test_kernel_log.py host/test_vm.py host/test_fuzz.py
 
 echo "== all tiers passed in $(( $(date +%s) - start )) s"

@@ -32,9 +32,9 @@ sed -i '1a /* kvmffi worked bisect: a later harmless change */' arch/x86/kvm/x86
 git commit -qam "kvm: x86: harmless comment"
 git log --oneline | cat
 
-echo "== git bisect run kvmffi bisect --tree . -k test_zero_size_fails tests/host/test_guest_memfd_create.py"
+echo "== git bisect run kvmffi bisect --tree . -k test_zero_size_fails host/test_guest_memfd_create.py"
 git bisect start HEAD HEAD~4 >/dev/null
-git bisect run kvmffi bisect --tree . -k test_zero_size_fails tests/host/test_guest_memfd_create.py 2>&1 \
+git bisect run kvmffi bisect --tree . -k test_zero_size_fails host/test_guest_memfd_create.py 2>&1 \
   | grep -E "^kvmffi bisect:|is the first bad commit|^commit |^    kvm|running" || true
 found=$(git rev-parse refs/bisect/bad)
 git bisect reset >/dev/null 2>&1 || true

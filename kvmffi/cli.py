@@ -80,8 +80,6 @@ def cmd_vm(args: argparse.Namespace) -> int:
 def _plan_tiers(args: argparse.Namespace) -> tuple[list[tuple[str, list[str], str | None]], list[str]]:
     """Which tiers to run and where: [(name, selection, kernel or None)], and notes on tiers left out."""
     from .caps import snapshot
-    from .runner import project_root
-    root = project_root()
     kernel = _resolve_kernel(args.kernel, args.quiet) if args.kernel else None
     if getattr(args, "tree", None):
         from pathlib import Path
@@ -89,27 +87,30 @@ def _plan_tiers(args: argparse.Namespace) -> tuple[list[tuple[str, list[str], st
         from .testkernel import build_kernel
         kernel = str(build_kernel(Path(args.tree), quiet=args.quiet))
     if getattr(args, "soak", None):
-        return [("soak", list(args.selection) or ["tests/private/test_soak.py"], kernel)], []
+        return [("soak", list(args.selection) or ["private/test_soak.py"], kernel)], []
     if args.selection:
-        return [("selection", list(args.selection), kernel)], []
+        from .suites import TIERS
+        named = all(s.split("/")[0] in TIERS for s in args.selection)
+        return [((" ".join(args.selection) + " tier") if named and len(args.selection) == 1 else "selection",
+                 list(args.selection), kernel)], []
     if kernel:
-        return [("host tier", ["tests/host"], kernel), ("private tier", ["tests/private"], kernel)], []
+        return [("host tier", ["host"], kernel), ("private tier", ["private"], kernel)], []
     h = snapshot()
     tiers: list[tuple[str, list[str], str | None]] = []
     notes = []
     if h.kvm_accessible and h.system.get("GUEST_MEMFD", 0) > 0:
-        tiers.append(("host tier", ["tests/host"], None))
+        tiers.append(("host tier", ["host"], None))
     else:
         notes.append("host tier not run: " + (f"{h.kvm_path} not usable: {h.error}" if not h.kvm_accessible
                                                 else "KVM_CAP_GUEST_MEMFD is 0 on this kernel (needs Linux >= 6.8)"))
     if any(v.private for v in h.per_vm_type):
-        tiers.append(("private tier", ["tests/private"], None))
+        tiers.append(("private tier", ["private"], None))
     else:
         import shutil
-        if shutil.which("qemu-system-x86_64") and (root / "kvmffi" / "testkernel").is_dir():
+        if shutil.which("qemu-system-x86_64"):
             try:
                 from .testkernel import build_kernel
-                tiers.append(("private tier", ["tests/private"], str(build_kernel(None, quiet=args.quiet))))
+                tiers.append(("private tier", ["private"], str(build_kernel(None, quiet=args.quiet))))
                 notes.append("private tier runs in the test kernel: this host has no VM type with private memory "
                              f"(KVM_CAP_VM_TYPES={h.vm_types_mask:#x}, KVM_CAP_MEMORY_ATTRIBUTES="
                              f"{h.system.get('MEMORY_ATTRIBUTES', 0):#x})")
@@ -200,7 +201,8 @@ def cmd_bisect(args: argparse.Namespace) -> int:
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("selection", nargs="*", help="pytest paths / node ids (default: every tier this host can run)")
+    p.add_argument("selection", nargs="*", help="tiers (host, private, host/test_vm.py, ...) and/or your own pytest "
+                   "paths and node ids (default: every tier this host can run)")
     p.add_argument("-k", default=None, metavar="EXPR", help="pytest -k expression")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--kernel", help="run inside this bzImage under QEMU, or a version: 6.12, 7.3, newest, 7.3-debug "
@@ -310,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=cmd_caps)
 
     mt = sub.add_parser("matrix", help="run the suites in every configuration (kernel x NUMA x KVM parameters)")
-    mt.add_argument("selection", nargs="*", help="pytest paths (default: the host and private tiers)")
+    mt.add_argument("selection", nargs="*", help="tiers or pytest paths (default: host and private)")
     mt.add_argument("-k", default=None, metavar="EXPR", help="pytest -k expression")
     mt.add_argument("--kernels", help="only configurations on these kernels, e.g. 6.12,7.3,host")
     mt.add_argument("--configs", help="configurations by name (host, 6.12, 7.3, 7.3-numa2, 7.3-shadow-mmu) or as "

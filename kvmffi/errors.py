@@ -24,6 +24,9 @@ def _fmt(v: Any) -> str:
 class KvmError(OSError):
     """A KVM ioctl failed. ``.errno`` is the kernel's errno, ``.ioctl`` the ioctl's name."""
 
+    #: KVM_PRE_FAULT_MEMORY writes the range back even when it fails: the (gpa, size) it left
+    remaining: tuple[int, int] | None = None
+
     def __init__(self, ioctl: str, err: int, args: dict[str, Any] | None = None, hint: str = "") -> None:
         super().__init__(err, os.strerror(err))
         self.ioctl = ioctl

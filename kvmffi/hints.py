@@ -7,7 +7,7 @@ from typing import Any
 from .errors import MissingCapability
 from .uapi import Cap, GuestMemfdFlag
 
-TEST_KERNEL = ("run this tier inside the kvmffi test kernel (`kvmffi run tests/private`, which builds "
+TEST_KERNEL = ("run this tier inside the kvmffi test kernel (`kvmffi run private`, which builds "
                "a KVM_SW_PROTECTED_VM kernel and boots it under QEMU), or use a host with SEV-SNP/TDX")
 
 CAP_HINTS: dict[int, str] = {

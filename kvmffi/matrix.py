@@ -40,7 +40,7 @@ DEFAULT_CONFIGS = (
            note="private tier not run: with the shadow MMU (kvm_amd.npt=0) KVM offers no KVM_X86_SW_PROTECTED_VM, "
                 "which needs the TDP MMU"),
 )
-TIER_PATHS = {"host": "tests/host", "private": "tests/private"}
+TIER_PATHS = {"host": "host", "private": "private"}
 
 
 def parse_config(spec: str) -> Config:

@@ -11,7 +11,7 @@ _cache: dict[str, Any] = {}
 
 HYPERCALL_QUIRK = ("hypercall exits are not delivered on this host: vmcall/vmmcall never leave "
                    "KVM_RUN (the vCPU spins) even with KVM_CAP_EXIT_HYPERCALL enabled; run hypercall "
-                   "tests in the test kernel (`kvmffi run tests/private`) or on bare metal")
+                   "tests in the test kernel (`kvmffi run private`) or on bare metal")
 
 
 def hypercall_exits_delivered(kvm: Kvm, timeout: float = 1.0) -> bool | None:
@@ -61,13 +61,13 @@ def run_probes(kvm: Kvm) -> dict[str, Any]:
                              f"no (KVM_CAP_MEMORY_ATTRIBUTES={attrs:#x})")
     gmem = kvm.check_extension(Cap.GUEST_MEMFD)
     out["tier: unit"] = "runs anywhere"
-    out["tier: host (tests/host)"] = "runs here" if gmem else "cannot run: KVM_CAP_GUEST_MEMFD is 0 (Linux >= 6.8)"
+    out["tier: host (kvmffi run host)"] = "runs here" if gmem else "cannot run: KVM_CAP_GUEST_MEMFD is 0 (Linux >= 6.8)"
     if private:
-        out["tier: private (tests/private)"] = "runs here"
+        out["tier: private (kvmffi run private)"] = "runs here"
     elif shutil.which("qemu-system-x86_64"):
-        out["tier: private (tests/private)"] = "runs in the test kernel under QEMU (`kvmffi run tests/private`)"
+        out["tier: private (kvmffi run private)"] = "runs in the test kernel under QEMU (`kvmffi run private`)"
     else:
-        out["tier: private (tests/private)"] = ("cannot run: no private memory here and no qemu-system-x86_64 "
+        out["tier: private (kvmffi run private)"] = ("cannot run: no private memory here and no qemu-system-x86_64 "
                                                 "(apt-get install qemu-system-x86)")
     try:
         h = hypercall_exits_delivered(kvm)

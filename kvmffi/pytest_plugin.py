@@ -1,4 +1,10 @@
-"""pytest plugin (entry point ``kvmffi``): fixtures, markers, strict mode, report header, leak check.
+"""pytest plugin (entry point ``kvmffi``): fixtures, markers, strict mode, report header, kernel-log
+gate, leak check.
+
+Quiet where unused: the header, the kernel-log gate, the kernel log on failures and the leak check
+apply to a session only if one of its tests uses a kvmffi fixture or marker, or lives in
+kvmffi's suites, or ``--kvmffi`` asks for them. Every other pytest session in the environment
+runs as if the plugin were not installed. The state of a session lives in ``config.stash``.
 
 Markers
     ``@pytest.mark.requires_cap(Cap.X, min=1, vm=False)``: skip unless KVM_CHECK_EXTENSION(X) >= min,
@@ -16,6 +22,8 @@ import os
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +35,31 @@ from .system import Kvm
 from .uapi import Cap, GuestMemfdFlag, VmType
 from .vm import Vm
 
-_STATE: dict[str, Any] = {"strict": False, "caps": None, "kvm_path": "/dev/kvm"}
+
+
+@dataclass
+class _Session:
+    """One pytest session's kvmffi state (in ``config.stash``; nested pytester sessions get their own)."""
+    strict: bool = False
+    kvm_path: str = "/dev/kvm"
+    gate_mode: str = "auto"
+    forced: bool = False
+    active: bool = False
+    caps: _caps.HostCaps | None = None
+    log_gate: LogGate | None = None
+    baseline: tuple[set[int], int, set[int | None]] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+_KEY = pytest.StashKey[_Session]()
+_CONFIGS: list[pytest.Config] = []   # configured sessions, innermost last
+
+
+def _st() -> _Session:
+    """The current session's state; outside pytest (a script using these helpers), a default one."""
+    if _CONFIGS:
+        return _CONFIGS[-1].stash[_KEY]
+    return _Session(strict=_truthy(os.environ.get("KVMFFI_STRICT")))
 
 
 def _truthy(v: str | None) -> bool:
@@ -36,6 +68,9 @@ def _truthy(v: str | None) -> bool:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("kvmffi", "kvmffi: KVM guest_memfd test harness")
+    g.addoption("--kvmffi", action="store_true", default=False,
+                help="apply kvmffi's header, kernel-log gate and leak check to this session even if no test "
+                     "uses a kvmffi fixture or marker")
     g.addoption("--kvm-strict", action="store_true", default=None,
                 help="turn capability skips into failures (also: ini kvm_strict, env KVMFFI_STRICT=1)")
     g.addoption("--kvm-path", default=None, help="KVM device node (default /dev/kvm; ini kvm_path)")
@@ -61,22 +96,12 @@ def pytest_configure(config: pytest.Config) -> None:
         strict = _truthy(env)
     else:
         strict = bool(config.getini("kvm_strict"))
-    _STATE["strict"] = strict
-    _STATE["kvm_path"] = config.getoption("--kvm-path") or config.getini("kvm_path") or "/dev/kvm"
-    _STATE["caps"] = None
     gate = config.getoption("--kvm-log-gate") or os.environ.get("KVMFFI_LOG_GATE") or config.getini("kvm_log_gate")
-    _STATE["log_gate"] = None
-    if gate != "off":
-        from .kmsg import KernelLog
-        log = KernelLog.open()
-        if log is None and gate == "on":
-            raise pytest.UsageError("--kvm-log-gate=on but /dev/kmsg cannot be read: run as root, or "
-                                    "sysctl kernel.dmesg_restrict=0")
-        _STATE["log_gate"] = LogGate(log) if log is not None else None
+    config.stash[_KEY] = _Session(strict=strict, forced=bool(config.getoption("--kvmffi")), gate_mode=gate,
+                                  kvm_path=config.getoption("--kvm-path") or config.getini("kvm_path") or "/dev/kvm")
+    _CONFIGS.append(config)
     from . import ktap
     ktap.configure(config)
-    from .testvm import install_kick_handler
-    install_kick_handler()  # the vCPU watchdog's signal; must be installed on the main thread
     config.addinivalue_line("markers", "requires_cap(cap, min=1, vm=False): skip unless KVM reports the "
                             "capability (on /dev/kvm, or with vm=True on a VM of the test's vm_type)")
     config.addinivalue_line("markers", "vm_types(*types): restrict the vm_type parametrization")
@@ -95,13 +120,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def host_caps() -> _caps.HostCaps:
     """The host's capability snapshot (taken once per session)."""
-    if _STATE["caps"] is None:
-        _STATE["caps"] = _caps.snapshot(_STATE["kvm_path"])
-    return _STATE["caps"]  # type: ignore[no-any-return]
+    st = _st()
+    if st.caps is None:
+        st.caps = _caps.snapshot(st.kvm_path)
+    return st.caps
 
 
 def strict_mode() -> bool:
-    return bool(_STATE["strict"])
+    return _st().strict
 
 
 def _missing_verdict(reason: str, feature: str | None) -> tuple[bool, str]:
@@ -110,7 +136,7 @@ def _missing_verdict(reason: str, feature: str | None) -> tuple[bool, str]:
     if feature is not None and predates(feature):
         since = ".".join(map(str, FEATURE_SINCE[feature]))
         return False, f"{reason} [{running().release} predates {feature} (Linux {since})]"
-    if _STATE["strict"]:
+    if _st().strict:
         return True, f"strict mode: {reason}"
     return False, reason
 
@@ -134,7 +160,7 @@ def require_cap(cap: Cap, vm: Vm | None = None, min: int = 1) -> int:
     else:
         cached = host_caps().system.get(cap.name)
         if cached is None:
-            with Kvm(_STATE["kvm_path"]) as kvm:
+            with Kvm(_st().kvm_path) as kvm:
                 cached = kvm.check_extension(cap)
         got = cached
         where = "/dev/kvm"
@@ -143,7 +169,7 @@ def require_cap(cap: Cap, vm: Vm | None = None, min: int = 1) -> int:
     return got
 
 
-def pytest_report_header(config: pytest.Config) -> list[str]:
+def _header() -> list[str]:
     h = host_caps()
     lines = [f"kvmffi: kernel {h.kernel}, vendor module {h.vendor_module or 'none'}"
              + (f", nested={h.nested}" if h.nested else "") + f", strict={'on' if strict_mode() else 'off'}"]
@@ -245,7 +271,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def kvm() -> Iterator[Kvm]:
     """/dev/kvm, opened once per session; skips (fails in strict mode) if it cannot be opened."""
     try:
-        k = Kvm(_STATE["kvm_path"])
+        k = Kvm(_st().kvm_path)
     except OSError as e:
         skip_missing(str(e.strerror or e))
         raise
@@ -348,9 +374,51 @@ def _kvmffi_vm_caps(request: pytest.FixtureRequest) -> None:
     if not marks:
         return
     t = request.getfixturevalue("vm_type") if "vm_type" in request.fixturenames else VmType.DEFAULT
-    with Kvm(_STATE["kvm_path"]) as k, k.create_vm(t) as v:
+    with Kvm(_st().kvm_path) as k, k.create_vm(t) as v:
         for m in marks:
             require_cap(Cap(m.args[0]), v, int(m.kwargs.get("min", 1)))
+
+
+# -- activation ------------------------------------------------------------------
+
+MARKERS = frozenset({"requires_cap", "vm_types", "numa", "kernel_splat", "needs_gmem_flags", "kernel_bug",
+                     "any_vm_type", "private"})
+
+
+def _uses_kvmffi(item: pytest.Item) -> bool:
+    """Does this test use kvmffi: one of its fixtures (as defined here, not a namesake), a marker, or
+    is it one of kvmffi's suites?"""
+    from .suites import SUITES_DIR
+    if any(item.get_closest_marker(name) is not None for name in MARKERS):
+        return True
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in (getattr(info, "name2fixturedefs", None) or {}).values():
+        func = getattr(defs[-1], "func", None) if defs else None
+        if getattr(func, "__module__", None) == __name__ and not getattr(func, "__name__", "").startswith("_kvmffi"):
+            return True
+    return Path(str(item.path)).resolve().is_relative_to(SUITES_DIR)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Switch kvmffi's session machinery on if a collected test uses kvmffi (or --kvmffi asks)."""
+    st = config.stash[_KEY]
+    if not (st.forced or any(_uses_kvmffi(i) for i in items)):
+        return
+    st.active = True
+    if st.gate_mode != "off":
+        from .kmsg import KernelLog
+        log = KernelLog.open()
+        if log is None and st.gate_mode == "on":
+            raise pytest.UsageError("--kvm-log-gate=on but /dev/kmsg cannot be read: run as root, or "
+                                    "sysctl kernel.dmesg_restrict=0")
+        st.log_gate = LogGate(log) if log is not None else None
+    from .testvm import install_kick_handler
+    install_kick_handler()  # the vCPU watchdog's signal; must be installed on the main thread
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None and config.option.verbose >= 0:
+        for line in _header():
+            tr.write_line(line)
 
 
 # -- kernel-log gate -------------------------------------------------------------
@@ -383,7 +451,7 @@ class LogGate:
 @pytest.fixture
 def kernel_log() -> LogGate:
     """The kernel-log gate of this test: ``kernel_log.splats()`` lists what the kernel logged so far."""
-    gate = _STATE.get("log_gate")
+    gate = _st().log_gate
     if gate is None:
         pytest.skip("the kernel log (/dev/kmsg) cannot be read here, or the gate is off (--kvm-log-gate)")
     return gate  # type: ignore[no-any-return]
@@ -391,13 +459,13 @@ def kernel_log() -> LogGate:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
-    gate = _STATE.get("log_gate")
+    gate = _st().log_gate
     if gate is not None:
         gate.start()
 
 
 def _gate_report(item: pytest.Item, rep: pytest.TestReport) -> None:
-    gate: LogGate | None = _STATE.get("log_gate")
+    gate = _st().log_gate
     if gate is None:
         return
     splats = gate.new_splats()
@@ -437,6 +505,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     """On a failure, attach the tail of the kernel log: a WARN or an oops is often the real story."""
     outcome = yield
     rep = outcome.get_result()
+    if not _st().active:
+        return
     if call.when in ("call", "teardown") or (call.when == "setup" and rep.failed):
         _gate_report(item, rep)
     from .errors import MissingCapability
@@ -470,19 +540,19 @@ def _kvm_fds() -> dict[int, str]:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     import psutil
-    session.config._kvmffi_leak = (set(_kvm_fds()), psutil.Process().num_fds(),  # type: ignore[attr-defined]
-                                   {t.ident for t in threading.enumerate()})
+    _st().baseline = (set(_kvm_fds()), psutil.Process().num_fds(), {t.ident for t in threading.enumerate()})
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     cfg = session.config
-    if cfg.getoption("--kvm-no-leak-check") or not hasattr(cfg, "_kvmffi_leak"):
+    st = _st()
+    if not st.active or st.baseline is None or cfg.getoption("--kvm-no-leak-check"):
         return
     import gc
 
     import psutil
     gc.collect()
-    before_fds, before_n, before_threads = cfg._kvmffi_leak  # type: ignore[attr-defined]
+    before_fds, before_n, before_threads = st.baseline
     leaked = {fd: link for fd, link in _kvm_fds().items() if fd not in before_fds}
     threads = [t for t in threading.enumerate() if t.ident not in before_threads and t.is_alive()]
     msgs = []
@@ -506,7 +576,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    gate = _STATE.get("log_gate")
-    if gate is not None:
-        gate.log.close()
-        _STATE["log_gate"] = None
+    st = config.stash.get(_KEY, None)
+    if st is not None and st.log_gate is not None:
+        st.log_gate.log.close()
+        st.log_gate = None
+    if config in _CONFIGS:
+        _CONFIGS.remove(config)

@@ -21,15 +21,6 @@ BISECT_GOOD, BISECT_BAD, BISECT_SKIP = 0, 1, 125
 TOTALS = re.compile(r"# Totals: pass:(\d+) fail:(\d+) xfail:(\d+) xpass:(\d+) skip:(\d+) error:(\d+)")
 
 
-def project_root() -> Path:
-    """The checkout this package runs from (its tests/ live there)."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "tests").is_dir():
-        raise FileNotFoundError(f"no tests/ next to {Path(__file__).parent}: run kvmffi from a checkout "
-                                "installed with `pip install -e .`")
-    return root
-
-
 @dataclass
 class TierResult:
     name: str
@@ -81,7 +72,12 @@ def parse_ktap(text: str, res: TierResult) -> None:
 
 
 def pytest_args(selection: list[str], keyword: str | None, fmt: str, ktap_file: str, junit: str | None) -> list[str]:
-    args = ["-m", "pytest", "-p", "no:cacheprovider", f"--ktap-file={ktap_file}"]
+    """pytest's arguments for a selection of tier names (host, private, host/test_vm.py) and paths."""
+    from .suites import SUITES_DIR, resolve
+    paths = resolve(selection)
+    args = ["-m", "pytest", "-p", "no:cacheprovider", "-p", "pytester", f"--ktap-file={ktap_file}"]
+    if paths and all(Path(p.split("::")[0]).resolve().is_relative_to(SUITES_DIR) for p in paths):
+        args.append(f"--rootdir={SUITES_DIR}")  # node ids read "host/test_vm.py::..." wherever kvmffi is installed
     if fmt == "ktap":
         args.append("--ktap")
     elif fmt == "junit":
@@ -90,15 +86,16 @@ def pytest_args(selection: list[str], keyword: str | None, fmt: str, ktap_file: 
         args.append(f"--junitxml={junit}")
     if keyword:
         args += ["-k", keyword]
-    return args + selection
+    return args + paths
 
 
 def run_tier(name: str, selection: list[str], *, keyword: str | None = None, fmt: str = "pretty",
              junit: str | None = None, strict: bool = False, kernel: str | None = None,
              echo: Callable[[str], None] = print, timeout: float = 1800.0, cpus: int = 2,
              numa: int = 0, extra_env: dict[str, str] | None = None, kernel_args: str = "") -> TierResult:
-    """Run pytest over ``selection`` here (kernel None) or inside ``kernel`` under QEMU."""
-    root = project_root()
+    """Run pytest over ``selection`` (tier names or paths) here (kernel None) or inside ``kernel`` under QEMU,
+    from the current directory (the test kernel sees the host's files)."""
+    root = os.getcwd()
     env = dict(os.environ, **(extra_env or {}))
     if strict:
         env["KVMFFI_STRICT"] = "1"

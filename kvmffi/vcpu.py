@@ -273,7 +273,7 @@ class Vcpu(FdOwner):
         ret, err = _ffi.ioctl_ptr(self.fileno(), _ffi.KVM_PRE_FAULT_MEMORY, p)
         if ret < 0:
             e = self.vm._error("KVM_PRE_FAULT_MEMORY", err, {"vcpu": self.id, "gpa": gpa, "size": size, "flags": flags})
-            e.remaining = (p.gpa, p.size)  # type: ignore[attr-defined]
+            e.remaining = (p.gpa, p.size)
             raise e
         return p.gpa, p.size
 

@@ -22,7 +22,7 @@ class GuestBuildError(RuntimeError):
 
 
 def guests_dir() -> Path:
-    """Where the guest sources live: $KVMFFI_GUESTS, else the repository's guests/ next to the package."""
+    """Where the guest sources live: $KVMFFI_GUESTS, else the package's own (kvmffi/guest/src)."""
     return _guests_dir(os.environ.get("KVMFFI_GUESTS"))
 
 
@@ -30,11 +30,11 @@ def guests_dir() -> Path:
 def _guests_dir(env: str | None) -> Path:
     if env:
         return Path(env)
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent.parent / "guests", here / "data"):
-        if (cand / "include" / "kvmffi_guest.h").exists():
-            return cand
-    raise FileNotFoundError("guest sources not found: set KVMFFI_GUESTS to the guests/ directory")
+    here = Path(__file__).resolve().parent / "src"
+    if (here / "include" / "kvmffi_guest.h").exists():
+        return here
+    raise FileNotFoundError(f"guest sources not found in {here}: reinstall kvmffi, or set KVMFFI_GUESTS to a "
+                            "directory laid out like it (include/, lib/, guest.lds, PROGRAM.c)")
 
 
 _cc_version: dict[str, str] = {}
@@ -73,7 +73,7 @@ def _inputs(program: str, root: Path) -> tuple[list[Path], Path, list[Path], tup
 
 
 def build(program: str, *, cc: str | None = None, extra_cflags: list[str] | None = None) -> Path:
-    """Compile ``guests/<program>.c`` with the guest library; returns the cached ELF's path.
+    """Compile ``<program>.c`` of the guest sources with the guest library; returns the cached ELF's path.
 
     Within a process, a build whose inputs have not changed (same sizes and mtimes) is
     not hashed again.

@@ -71,6 +71,57 @@ def test_ktap_on_stdout_replaces_the_pytest_report(pytester: pytest.Pytester) ->
 
 
 def test_failure_report_carries_the_kernel_log(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_f="def test_f():\n    assert False\n")
+    pytester.makepyfile(test_f="def test_f(kvm):\n    assert False\n")
     r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kvm-no-leak-check")
     r.stdout.fnmatch_lines(["*kernel log (last 20 lines of dmesg)*"])
+
+
+UNRELATED = """
+import threading, time
+
+def test_leaves_a_thread_running():
+    threading.Thread(target=time.sleep, args=(5,), daemon=True, name="left-behind").start()
+
+def test_fails():
+    assert 1 == 2
+"""
+
+
+def test_a_session_that_does_not_use_kvmffi_sees_nothing_of_it(pytester: pytest.Pytester) -> None:
+    """No header, no leak check, no kernel log in failure reports: as if the plugin were not installed."""
+    pytester.makepyfile(test_unrelated=UNRELATED)
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-k", "thread")
+    r.assert_outcomes(passed=1)
+    assert r.ret == 0
+    assert "kvmffi:" not in r.stdout.str() and "leak check" not in r.stdout.str()
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-k", "fails")
+    r.assert_outcomes(failed=1)
+    assert "kvmffi:" not in r.stdout.str() and "dmesg" not in r.stdout.str()
+
+
+def test_a_fixture_namesake_does_not_switch_kvmffi_on(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_own_vm="""
+import pytest, threading, time
+
+@pytest.fixture
+def vm():
+    return "the project's own vm"
+
+def test_uses_its_own_vm(vm):
+    threading.Thread(target=time.sleep, args=(5,), daemon=True).start()
+    assert vm == "the project's own vm"
+""")
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    r.assert_outcomes(passed=1)
+    assert r.ret == 0 and "kvmffi:" not in r.stdout.str()
+
+
+def test_a_kvmffi_fixture_or_the_option_switch_the_session_on(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_unrelated=UNRELATED)
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-k", "thread", "--kvmffi")
+    assert r.ret == 1  # the thread left behind fails the session
+    r.stdout.fnmatch_lines(["kvmffi: kernel *", "*threads left running at session end: left-behind*"])
+    pytester.makepyfile(test_kvm="def test_opens(kvm):\n    assert kvm.api_version == 12\n")
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_kvm.py")
+    r.assert_outcomes(passed=1)
+    r.stdout.fnmatch_lines(["kvmffi: kernel *", "kvmffi leak check: *0 KVM fds and 0 threads leaked"])

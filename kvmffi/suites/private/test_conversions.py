@@ -2,7 +2,7 @@
 
 import pytest
 
-from conversions import PER_VCPU, run_conversions
+from .conversions import PER_VCPU, run_conversions
 from kvmffi import Kvm
 
 pytestmark = pytest.mark.private

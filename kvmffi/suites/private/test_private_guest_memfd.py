@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from kvmffi import PAGE_SIZE, GuestMemfdFlag, Vm
+from kvmffi import PAGE_SIZE, GuestMemfdFlag, Vm, VmType
 from kvmffi.hints import require_gmem_flags
 from kvmffi.testing import expect_errno, run_in_child, touch
 
@@ -18,9 +18,9 @@ def test_private_vm_offers_no_init_shared(vm: Vm) -> None:
     """A VM type with private memory never offers INIT_SHARED (its memory starts private), and
     creating a guest_memfd with it is EINVAL. Measured: 7.3 offers MMAP only, 6.12 no flags."""
     assert GuestMemfdFlag.INIT_SHARED not in vm.guest_memfd_flags()
-    expect_errno(errno.EINVAL, f"guest_memfd() with INIT_SHARED on a {vm.type.name} VM",
+    expect_errno(errno.EINVAL, f"guest_memfd() with INIT_SHARED on a {VmType(vm.type).name} VM",
                  vm.create_guest_memfd, SIZE, GuestMemfdFlag.INIT_SHARED)
-    expect_errno(errno.EINVAL, f"guest_memfd() with MMAP|INIT_SHARED on a {vm.type.name} VM",
+    expect_errno(errno.EINVAL, f"guest_memfd() with MMAP|INIT_SHARED on a {VmType(vm.type).name} VM",
                  vm.create_guest_memfd, SIZE, GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED)
 
 

@@ -64,7 +64,7 @@ def pre_fault_all(vcpu, gpa: int, size: int, timeout: float = 30.0) -> tuple[int
             ngpa, nsize = vcpu.pre_fault_memory(gpa, size)
         except KvmError as e:
             # a call makes progress or fails, never both: a failure leaves the range as it was
-            assert e.remaining == (gpa, size), (  # type: ignore[attr-defined]
+            assert e.remaining == (gpa, size), (
                 f"failed KVM_PRE_FAULT_MEMORY ({e.errno_name}) moved the range to {e.remaining}")
             if e.errno == errno.EINTR:
                 continue
@@ -166,7 +166,7 @@ def test_pre_fault_with_racing_memslot_delete(pf_vm) -> None:  # noqa: ANN001
                     gpa, size = ngpa, nsize
                 except KvmError as e:
                     assert e.errno in allowed, f"{e} (allowed here: {sorted(allowed)})"
-                    assert e.remaining == (gpa, size), (  # type: ignore[attr-defined]
+                    assert e.remaining == (gpa, size), (
                         f"failed KVM_PRE_FAULT_MEMORY ({e.errno_name}) moved the range to {e.remaining}")
         finally:
             th.join()

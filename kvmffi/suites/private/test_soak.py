@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conversions import PER_VCPU, run_conversions
+from .conversions import PER_VCPU, run_conversions
 from kvmffi import Cap, Kvm, VmType
 from kvmffi.testvm import TEST_GPA, TestVm
 from test_pre_fault import SLOT_SIZE, Kicker, pre_fault_all, recreate

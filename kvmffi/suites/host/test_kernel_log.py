@@ -22,7 +22,7 @@ def need_lkdtm() -> None:
     if not lkdtm_available():
         # a fact of this machine's kernel configuration, not of KVM: a skip even in strict mode
         pytest.skip(f"no {LKDTM} (CONFIG_LKDTM and debugfs): run in a kvmffi test kernel "
-                    "(`kvmffi run --kernel 7.3 tests/host/test_kernel_log.py`)")
+                    "(`kvmffi run --kernel 7.3 host/test_kernel_log.py`)")
 
 
 @pytest.mark.kernel_splat("WARNING")

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from kvmffi import Cap, GuestMemfdFlag, HypercallExit, IoDirection, Kvm, MmioExit
+from kvmffi import Cap, Exit, GuestMemfdFlag, HypercallExit, IoDirection, IoExit, Kvm, MmioExit
 from kvmffi.pytest_plugin import skip_missing
 from kvmffi.testvm import (TEST_GPA, GuestAssertionError, GuestException, GuestHang, GuestTripleFault, TestVm,
                            UnexpectedExit)
@@ -128,8 +128,14 @@ def test_write_to_readonly_memslot_is_mmio_exit(kvm: Kvm, vm_type) -> None:  # n
         t.set_param("scenario", S_WRITE_TEST_MEMORY)
         t.set_param("test_gpa", TEST_GPA)
         t.set_param("value", 0xCAFEF00D)
-        t.run(on_exit=lambda v, ex: exits.append(ex) or isinstance(ex, MmioExit))
-        assert [(e.phys_addr, e.is_write, e.data) for e in exits] == [(TEST_GPA, True, (0xCAFEF00D).to_bytes(8, "little"))]
+        def on_exit(v: object, ex: Exit) -> bool:
+            exits.append(ex)
+            return isinstance(ex, MmioExit)
+
+        t.run(on_exit=on_exit)
+        mmio = [e for e in exits if isinstance(e, MmioExit)]
+        assert mmio == exits, exits
+        assert [(e.phys_addr, e.is_write, e.data) for e in mmio] == [(TEST_GPA, True, (0xCAFEF00D).to_bytes(8, "little"))]
         assert mem.read(0, 8) == b"\x11" * 8
 
 
@@ -180,6 +186,7 @@ def test_io_exit_decoding(kvm: Kvm) -> None:
     with TestVm("sync_loop", kvm=kvm) as t:
         t.set_param("iterations", 1)
         ex = t.vcpus[0].run()
+    assert isinstance(ex, IoExit), ex
     assert (ex.direction, ex.size, ex.port, ex.count) == (IoDirection.IN, 1, 0x1000, 1)
 
 

@@ -52,7 +52,7 @@ def test_guest_memfd_in_place_with_no_userspace_addr(kvm: Kvm, vm_type) -> None:
         mem = t.add_memory(TEST_GPA, SIZE, "gmem-only", slot=7)
         assert t.vm is not None and t.vm.memslots[7].userspace_addr == 0
         prepare_shared_mem(t, mem, punch_check=False)
-        assert mem.gmem is not None
+        assert mem.gmem is not None and mem.host is not None
         mem.host.close()
         mem.host = None
         with mem.gmem.mmap() as before:
