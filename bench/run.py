@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -46,12 +47,10 @@ def write_state(kvm: Kvm, path: Path, iterations: int) -> None:
     with TestVm("sync_loop", kvm=kvm) as t:
         t.set_param("iterations", iterations)
         v = t.vcpus[0]
-        sregs = _ffi.new("struct kvm_sregs")
-        regs = _ffi.new("struct kvm_regs")
-        _ffi.ioctl_ptr(v.fileno(), _ffi.KVM_GET_SREGS, sregs)
-        _ffi.ioctl_ptr(v.fileno(), _ffi.KVM_GET_REGS, regs)
+        _, _, sregs = _ffi.ioctl_bytes(v.fileno(), _ffi.KVM_GET_SREGS, "struct kvm_sregs")
+        _, _, regs = _ffi.ioctl_bytes(v.fileno(), _ffi.KVM_GET_REGS, "struct kvm_regs")
         assert t.low is not None
-        path.write_bytes(struct.pack("<Q", t.low_size) + _ffi.struct_bytes(sregs) + _ffi.struct_bytes(regs)
+        path.write_bytes(struct.pack("<Q", t.low_size) + sregs + regs
                          + bytes(t.low[:0x200000]))
 
 
@@ -118,7 +117,7 @@ def main() -> int:
             uc_py.append(py_ucall(kvm, a.iterations))
             bu_c.append(c_measure(exe, state, "bringup", a.bringups))
             bu_py.append(py_bringup(kvm, a.bringups))
-        res = {
+        res: dict[str, Any] = {
             "host": {"kernel": os.uname().release, "cpu_count": os.cpu_count()},
             "ucall_roundtrip": {"kvmffi_us": min(uc_py), "c_us": min(uc_c), "ratio": min(uc_c) / min(uc_py),
                                 "kvmffi_median_us": statistics.median(uc_py), "c_median_us": statistics.median(uc_c),

@@ -1,19 +1,42 @@
 """kvmffi: a userspace-VMM test harness for KVM guest_memfd and private memory."""
 
 from .errors import HostMemoryFault, KvmError, MissingCapability, VmDeadError, errno_of
-from .exits import (Exit, FailEntryExit, HltExit, HypercallExit, InternalErrorExit, IntrExit, IoExit,
-                    MemoryFaultExit, MmioExit, OtherExit, ShutdownExit, SystemEventExit)
+from .exits import (
+                    Exit,
+                    FailEntryExit,
+                    HltExit,
+                    HypercallExit,
+                    InternalErrorExit,
+                    IntrExit,
+                    IoExit,
+                    MemoryFaultExit,
+                    MmioExit,
+                    OtherExit,
+                    ShutdownExit,
+                    SystemEventExit,
+)
 from .guest_memfd import GuestMemfd
 from .memory import HostMemory
 from .system import Kvm
-from .uapi import (PAGE_SIZE, Cap, ExitReason, GuestMemfdFlag, HypercallNr, IoDirection, MapGpaAttr,
-                   MemoryAttribute, MemoryFaultFlag, MemslotFlag, VmType)
+from .uapi import (
+                    PAGE_SIZE,
+                    Cap,
+                    ExitReason,
+                    GuestMemfdFlag,
+                    HypercallNr,
+                    IoDirection,
+                    MapGpaAttr,
+                    MemoryAttribute,
+                    MemoryFaultFlag,
+                    MemslotFlag,
+                    VmType,
+)
 from .vcpu import DTable, Regs, Segment, Sregs, Vcpu
 from .vm import Memslot, Vm
 
 __version__ = "0.1.0"
 
-__all__ = ["HostMemoryFault", "MissingCapability", 
+__all__ = ["HostMemoryFault", "MissingCapability",
     "Cap", "DTable", "Exit", "ExitReason", "FailEntryExit", "GuestMemfd", "GuestMemfdFlag", "HltExit",
     "HostMemory", "HypercallExit", "HypercallNr", "InternalErrorExit", "IntrExit", "IoDirection", "IoExit",
     "Kvm", "KvmError", "MapGpaAttr", "MemoryAttribute", "MemoryFaultExit", "MemoryFaultFlag", "Memslot",

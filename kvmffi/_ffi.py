@@ -13,10 +13,11 @@ import errno
 import fcntl as _fcntl
 import mmap as _mmap
 import struct as _struct
-import os
 from typing import Any
 
 import cffi
+
+from .uapi import ExitReason
 
 ffi = cffi.FFI()
 
@@ -200,16 +201,6 @@ ffi.cdef(
 
     /* --- libc ------------------------------------------------------------ */
     int ioctl(int fd, unsigned long request, ...);
-    int fallocate(int fd, int mode, int64_t offset, int64_t len);
-    long syscall(long number, ...);
-    int prctl(int option, ...);
-    void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset);
-    int munmap(void *addr, size_t length);
-    struct iovec { void *iov_base; size_t iov_len; };
-    ssize_t process_vm_readv(int pid, const struct iovec *local_iov, unsigned long liovcnt,
-                             const struct iovec *remote_iov, unsigned long riovcnt, unsigned long flags);
-    ssize_t process_vm_writev(int pid, const struct iovec *local_iov, unsigned long liovcnt,
-                              const struct iovec *remote_iov, unsigned long riovcnt, unsigned long flags);
     """
 )
 
@@ -310,28 +301,6 @@ def reg_reader(fd: int) -> Any:
     return read
 
 
-def ioctl_ptr(fd: int, request: int, ptr: Any) -> tuple[int, int]:
-    ret = _ioctl(fd, request, ptr)
-    return ret, (ffi.errno if ret < 0 else 0)
-
-
-def _s64(v: int) -> int:
-    v &= (1 << 64) - 1
-    return v - (1 << 64) if v >= 1 << 63 else v
-
-
-def _s32(v: int) -> int:
-    v &= (1 << 32) - 1
-    return v - (1 << 32) if v >= 1 << 31 else v
-
-
-def fallocate(fd: int, mode: int, offset: int, length: int) -> int:
-    """fallocate(2); returns 0 or the errno. offset and length are loff_t: any value is passed as its
-    64-bit pattern (2**64 - 4096 arrives as -4096), so negative tests reach the kernel's checks."""
-    ret = _libc.fallocate(fd, _s32(mode), _s64(offset), _s64(length))
-    return ffi.errno if ret < 0 else 0
-
-
 CPUID_FIELDS = ("function", "index", "flags", "eax", "ebx", "ecx", "edx")
 
 
@@ -364,7 +333,7 @@ def set_cpuid2(fd: int, entries: list[tuple[int, ...]]) -> int:
         c = ffi.cast("struct kvm_cpuid2 *", buf)
         c.nent = len(entries)
         for i, e in enumerate(entries):
-            for f, v in zip(CPUID_FIELDS, e):
+            for f, v in zip(CPUID_FIELDS, e, strict=True):
                 setattr(c.entries[i], f, v)
         if len(_cpuid_bufs) > 16:
             _cpuid_bufs.clear()
@@ -373,99 +342,60 @@ def set_cpuid2(fd: int, entries: list[tuple[int, ...]]) -> int:
     return ffi.errno if ret < 0 else 0
 
 
-def die_with_parent() -> None:
-    """prctl(PR_SET_PDEATHSIG, SIGKILL): for child processes that must not outlive us."""
-    _libc.prctl(1, ffi.cast("unsigned long", 9))
+# ---------------------------------------------------------------------------
+# Struct ioctls: plain values in, plain values out
+# ---------------------------------------------------------------------------
+_INT_WIDTH: dict[Any, tuple[int, bool]] = {}
 
 
-def syscall_nodemask(nr: int, addr: int, length: int, mode: int, nodemask: int, flags: int) -> int:
-    """mbind(2) through syscall(2); returns 0 or the errno."""
-    mask = ffi.new("unsigned long[16]")
-    for i in range(16):
-        mask[i] = (nodemask >> (64 * i)) & 0xFFFFFFFFFFFFFFFF
-    ul = ffi.typeof("unsigned long")
-    ret = _libc.syscall(ffi.cast("long", nr), ffi.cast(ul, addr), ffi.cast(ul, length), ffi.cast(ul, mode),
-                        mask, ffi.cast(ul, 1024), ffi.cast(ul, flags))
-    return ffi.errno if ret < 0 else 0
+def _fit(ctype: Any, v: Any) -> Any:
+    """``v`` as ``ctype`` holds it: negative tests pass any bit pattern, stored truncated to the
+    field's width (and as the signed value of that pattern for signed fields)."""
+    kind = ctype.kind
+    if kind == "primitive":
+        info = _INT_WIDTH.get(ctype)
+        if info is None:
+            info = _INT_WIDTH[ctype] = (ffi.sizeof(ctype) * 8, int(ffi.cast(ctype, -1)) < 0)
+        bits, signed = info
+        v = int(v) & ((1 << bits) - 1)
+        return v - (1 << bits) if signed and v >= 1 << (bits - 1) else v
+    if kind == "array":
+        return [_fit(ctype.item, x) for x in v]
+    if kind == "struct":
+        fields = dict(ctype.fields)
+        unknown = set(v) - set(fields)
+        if unknown:
+            raise TypeError(f"{ctype.cname} has no field {', '.join(sorted(unknown))}")
+        return {k: _fit(fields[k].type, x) for k, x in v.items()}
+    return v
 
 
-def get_mempolicy(nr: int, addr: int, flags: int) -> tuple[int, int]:
-    mode = ffi.new("int *")
-    mask = ffi.new("unsigned long[16]")
-    ul = ffi.typeof("unsigned long")
-    ret = _libc.syscall(ffi.cast("long", nr), mode, mask, ffi.cast(ul, 1024), ffi.cast(ul, addr), ffi.cast(ul, flags))
-    if ret < 0:
-        raise OSError(ffi.errno, "get_mempolicy failed")
-    return mode[0], sum(mask[i] << (64 * i) for i in range(16))
+def _plain(c: Any) -> Any:
+    """A cdata struct or array as dicts, tuples and ints."""
+    if not isinstance(c, ffi.CData):
+        return c
+    t = ffi.typeof(c)
+    if t.kind == "struct":
+        return {name: _plain(getattr(c, name)) for name, _ in t.fields}
+    if t.kind == "array":
+        return tuple(_plain(x) for x in c)
+    return c
 
 
-def move_pages_query(nr: int, addr: int, npages: int) -> list[int]:
-    pages = ffi.new("void *[]", [ffi.cast("void *", addr + i * 4096) for i in range(npages)])
-    status = ffi.new("int[]", npages)
-    ret = _libc.syscall(ffi.cast("long", nr), ffi.cast("int", 0), ffi.cast("unsigned long", npages), pages,
-                        ffi.NULL, status, ffi.cast("int", 0))
-    if ret < 0:
-        raise OSError(ffi.errno, "move_pages failed")
-    return list(status)
+def ioctl_struct(fd: int, request: int, struct: str, fields: dict[str, Any] | None = None) -> tuple[int, int, dict[str, Any]]:
+    """An ioctl whose argument is a pointer to ``struct`` (zeroed, then ``fields``, nested dicts and
+    lists for nested structs and arrays). Returns (result, errno, the struct as the kernel left it)."""
+    t = ffi.typeof(struct)
+    p = ffi.new(struct + " *", _fit(t, fields or {}))
+    ret = _ioctl(fd, request, p)
+    return ret, (ffi.errno if ret < 0 else 0), _plain(p[0])
 
 
-def raw_mmap(length: int, prot: int, flags: int, fd: int, offset: int) -> tuple[int, Any]:
-    """mmap(2) without Python's file-size check; returns (address, writable buffer)."""
-    p = _libc.mmap(ffi.NULL, length, prot, flags, fd, offset)
-    addr = int(ffi.cast("uintptr_t", p))
-    if addr == (1 << 64) - 1:
-        raise OSError(ffi.errno, os.strerror(ffi.errno))
-    return addr, ffi.buffer(ffi.cast("char *", p), length)
-
-
-def _process_vm_copy(fn: Any, local: Any, addr: int, n: int) -> tuple[int, int]:
-    """Copy ``n`` bytes between ``local`` and this process's ``addr`` with process_vm_readv/writev
-    (``fn``); returns (bytes copied, 0 or the errno at the first page that refused)."""
-    liov = ffi.new("struct iovec *")
-    riov = ffi.new("struct iovec *")
-    done = 0
-    while done < n:
-        liov.iov_base, liov.iov_len = ffi.cast("char *", local) + done, n - done
-        riov.iov_base, riov.iov_len = ffi.cast("void *", addr + done), n - done
-        r = fn(os.getpid(), liov, 1, riov, 1, 0)
-        if r <= 0:
-            return done, (ffi.errno if r < 0 else errno.EFAULT)
-        done += r
-    return done, 0
-
-
-def guarded_read(addr: int, n: int) -> tuple[bytes, int]:
-    """Read ``n`` bytes of this process's memory at ``addr`` through the kernel (process_vm_readv):
-    a page that would SIGBUS or SIGSEGV on a direct access stops the copy instead. Returns the
-    bytes copied and 0, or the bytes before the bad page and the errno (EFAULT)."""
-    out = ffi.new("char[]", n)
-    done, err = _process_vm_copy(_libc.process_vm_readv, out, addr, n)
-    return ffi.buffer(out, done)[:], err
-
-
-def guarded_write(addr: int, data: bytes) -> tuple[int, int]:
-    """Write ``data`` at ``addr`` of this process through the kernel (process_vm_writev); returns
-    (bytes written, 0 or the errno where a page refused it)."""
-    src = ffi.from_buffer(data)
-    return _process_vm_copy(_libc.process_vm_writev, src, addr, len(data))
-
-
-def raw_munmap(addr: int, length: int) -> None:
-    if _libc.munmap(ffi.cast("void *", addr), length) < 0:
-        raise OSError(ffi.errno, os.strerror(ffi.errno))
-
-
-def new(struct: str, **fields: Any) -> Any:
-    """Allocate a zeroed struct and fill the given fields (private to the package)."""
+def ioctl_bytes(fd: int, request: int, struct: str) -> tuple[int, int, bytes]:
+    """An ioctl that fills ``struct``: (result, errno, its bytes), e.g. for a C program to load."""
     p = ffi.new(struct + " *")
-    for k, v in fields.items():
-        try:
-            setattr(p, k, v)
-        except OverflowError:
-            # Negative tests pass any bit pattern: store it truncated to the field's width.
-            width = ffi.sizeof(dict(ffi.typeof(struct).fields)[k].type) * 8
-            setattr(p, k, v & ((1 << width) - 1))
-    return p
+    ret = _ioctl(fd, request, p)
+    return ret, (ffi.errno if ret < 0 else 0), bytes(ffi.buffer(p))
 
 
 def sizeof(struct: str) -> int:
@@ -476,37 +406,112 @@ def offsetof(struct: str, *fields: str) -> int:
     return ffi.offsetof(struct, *fields)
 
 
-def buffer_address(buf: Any) -> int:
-    """Address of a writable Python buffer (e.g. an mmap.mmap) as an int."""
-    p = ffi.from_buffer(buf)
-    try:
-        return int(ffi.cast("uintptr_t", p))
-    finally:
-        ffi.release(p)
-
-
-def struct_to_dict(p: Any, fields: tuple[str, ...]) -> dict[str, int]:
-    return {f: getattr(p, f) for f in fields}
-
-
-def struct_bytes(p: Any) -> bytes:
-    return bytes(ffi.buffer(p))
+# ---------------------------------------------------------------------------
+# struct kvm_run
+# ---------------------------------------------------------------------------
+KVM_SYNC_X86_REGS = 1 << 0   # kvm_run.kvm_valid_regs: KVM stores struct kvm_regs in kvm_run.s at every exit
+_EXIT_IO = int(ExitReason.IO)  # a plain int: compared on every exit
+_RUN_S = ffi.offsetof("struct kvm_run", "s")
+_SYNC_REG_OFFSETS = {name: _RUN_S + off for name, off in _REG_OFFSETS.items()}
 
 
 class RunView:
-    """A live view of a vCPU's mmap'ed struct kvm_run (private to the package)."""
+    """A vCPU's mmap'ed struct kvm_run: the exit's fields as plain values, and what userspace writes
+    back (immediate_exit, an IN's data, a hypercall's return, an MMIO read's data)."""
 
-    __slots__ = ("mm", "run", "_keep")
+    __slots__ = ("mm", "_run", "_unpack")
 
     def __init__(self, mm: _mmap.mmap) -> None:
         self.mm = mm
-        self.run = ffi.from_buffer("struct kvm_run *", mm)
+        self._run: Any = ffi.from_buffer("struct kvm_run *", mm)
+        self._unpack = _u64.unpack_from
 
     def close(self) -> None:
-        if self.run is not None:
-            ffi.release(self.run)
-            self.run = None
+        if self._run is not None:
+            ffi.release(self._run)
+            self._run = None
             self.mm.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._run is None
+
+    def enter(self, fd: int, port: int) -> int:
+        """KVM_RUN once: -1 if the exit is port I/O on ``port`` (nothing else read), else 0 or the errno."""
+        run = self._run
+        run.exit_reason = 0
+        err = ioctl_run(fd)
+        if not err and run.exit_reason == _EXIT_IO and run.io.port == port:
+            return -1
+        return err
+
+    @property
+    def exit_reason(self) -> int:
+        return int(self._run.exit_reason)
+
+    def io(self) -> tuple[int, int, int, int, int]:
+        """(direction, size, port, count, data_offset)"""
+        io = self._run.io
+        return io.direction, io.size, io.port, io.count, io.data_offset
+
+    def mmio(self) -> tuple[int, bytes, int, bool]:
+        """(phys_addr, data, len, is_write)"""
+        m = self._run.mmio
+        return m.phys_addr, bytes(m.data)[:m.len], m.len, bool(m.is_write)
+
+    def hypercall(self) -> tuple[int, tuple[int, ...], int]:
+        """(nr, args, flags)"""
+        h = self._run.hypercall
+        return h.nr, tuple(h.args), h.flags
+
+    def internal(self) -> tuple[int, tuple[int, ...]]:
+        """(suberror, data[:ndata])"""
+        i = self._run.internal
+        return i.suberror, tuple(i.data[0:min(i.ndata, 16)])
+
+    def system_event(self) -> tuple[int, tuple[int, ...]]:
+        """(type, data[:ndata], at least data[0]: the older 'flags')"""
+        e = self._run.system_event
+        return e.type, tuple(e.data[0:max(1, min(e.ndata, 16))])
+
+    def fail_entry(self) -> tuple[int, int]:
+        """(hardware_entry_failure_reason, cpu)"""
+        f = self._run.fail_entry
+        return f.hardware_entry_failure_reason, f.cpu
+
+    def memory_fault(self) -> tuple[int, int, int]:
+        """(flags, gpa, size)"""
+        m = self._run.memory_fault
+        return m.flags, m.gpa, m.size
+
+    def padding(self) -> bytes:
+        """The exit's union, raw (for exits this project does not decode)."""
+        return bytes(ffi.buffer(self._run.padding))
+
+    @property
+    def immediate_exit(self) -> bool:
+        return bool(self._run.immediate_exit)
+
+    @immediate_exit.setter
+    def immediate_exit(self, value: bool) -> None:
+        self._run.immediate_exit = int(bool(value))
+
+    def set_hypercall_ret(self, value: int) -> None:
+        self._run.hypercall.ret = value & 0xFFFFFFFFFFFFFFFF
+
+    def set_mmio_data(self, data: bytes) -> None:
+        n = self._run.mmio.len
+        if len(data) != n:
+            raise ValueError(f"MMIO read of {n} bytes needs {n} bytes of data, got {len(data)}")
+        ffi.memmove(self._run.mmio.data, data, n)
+
+    def sync_regs(self, on: bool) -> None:
+        """Ask KVM to store the general-purpose registers in kvm_run at every exit (KVM_CAP_SYNC_REGS)."""
+        self._run.kvm_valid_regs = KVM_SYNC_X86_REGS if on else 0
+
+    def sync_reg(self, name: str) -> int:
+        """A register as KVM stored it in kvm_run at the last exit (sync_regs on)."""
+        return int(self._unpack(self.mm, _SYNC_REG_OFFSETS[name])[0])
 
     def read(self, offset: int, length: int) -> bytes:
         return self.mm[offset : offset + length]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -11,7 +10,6 @@ from .errors import KvmError
 from .kernels import vendor_module
 from .system import Kvm
 from .uapi import Cap, GuestMemfdFlag, MemoryAttribute, VmType
-
 
 
 @dataclass
@@ -56,7 +54,7 @@ class HostCaps:
     vm_types_mask: int = 0
     system: dict[str, int] = field(default_factory=dict)
     per_vm_type: list[VmTypeCaps] = field(default_factory=list)
-    probes: dict[str, Any] = field(default_factory=dict)
+    probes: dict[str, Any] = field(default_factory=dict)   # filled by kvmffi.probes.run_probes
 
     def vm_type(self, t: VmType | int) -> VmTypeCaps | None:
         for v in self.per_vm_type:
@@ -85,7 +83,7 @@ SYSTEM_CAPS = (Cap.USER_MEMORY2, Cap.MEMORY_FAULT_INFO, Cap.MEMORY_ATTRIBUTES, C
                Cap.READONLY_MEM, Cap.MAX_VCPUS)
 
 
-def snapshot(path: str = "/dev/kvm", probes: bool = False) -> HostCaps:
+def snapshot(path: str = "/dev/kvm") -> HostCaps:
     """Ask the kernel. Never raises for a missing /dev/kvm: the snapshot says why."""
     mod = vendor_module()
     h = HostCaps(kernel=platform.release(), machine=platform.machine(), kvm_path=path, kvm_accessible=False,
@@ -119,9 +117,6 @@ def snapshot(path: str = "/dev/kvm", probes: bool = False) -> HostCaps:
             except KvmError as e:
                 vc.error = str(e)
             h.per_vm_type.append(vc)
-        if probes:
-            from .probes import run_probes
-            h.probes = run_probes(kvm)
     return h
 
 

@@ -6,11 +6,17 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 
 
 def cmd_caps(args: argparse.Namespace) -> int:
     from .caps import format_table, snapshot
-    h = snapshot(args.kvm_path, probes=not args.no_probes)
+    h = snapshot(args.kvm_path)
+    if h.kvm_accessible and not args.no_probes:
+        from .probes import run_probes
+        from .system import Kvm
+        with Kvm(args.kvm_path) as kvm:
+            h.probes = run_probes(kvm)
     if args.json:
         print(json.dumps(h.to_json(), indent=2))
     else:
@@ -141,12 +147,7 @@ def _run_tiers(args: argparse.Namespace, strict: bool) -> tuple[list, list[str]]
             junit = f"{base}-{name.split()[0]}.{ext}" if dot else f"{junit}-{name.split()[0]}"
         print(f"kvmffi: {name}: {' '.join(sel)}" + (f" -k {args.k!r}" if args.k else "")
               + (f" in test kernel {kernel}" if kernel else " on this host"), file=err, flush=True)
-        if nested:
-            echo = (lambda line: print("    " + line if line else "", flush=True))
-        elif fmt == "ktap":
-            echo = (lambda line: print(line, flush=True) if _is_ktap(line) else print(line, file=err, flush=True))
-        else:
-            echo = (lambda line: print(line, flush=True))
+        echo = _echo(nested, fmt)
         r = run_tier(name, sel, keyword=args.k, fmt=fmt, junit=junit, strict=strict, kernel=kernel, echo=echo,
                      numa=getattr(args, "numa", 0), kernel_args=getattr(args, "kernel_args", ""),
                      extra_env={"KVMFFI_SOAK": str(args.soak)} if getattr(args, "soak", None) else None,
@@ -158,6 +159,21 @@ def _run_tiers(args: argparse.Namespace, strict: bool) -> tuple[list, list[str]]
     for r in results:
         print(f"kvmffi: {r.summary()}", file=err)
     return results, notes
+
+
+def _echo(nested: bool, fmt: str) -> Callable[[str], None]:
+    """How a tier's output lines are shown: indented under a parent KTAP plan, KTAP on stdout with
+    pytest's other lines on stderr, or as they come."""
+    def indented(line: str) -> None:
+        print("    " + line if line else "", flush=True)
+
+    def split(line: str) -> None:
+        print(line, file=sys.stdout if _is_ktap(line) else sys.stderr, flush=True)
+
+    def plain(line: str) -> None:
+        print(line, flush=True)
+
+    return indented if nested else split if fmt == "ktap" else plain
 
 
 def _is_ktap(line: str) -> bool:

@@ -40,7 +40,8 @@ class IoExit(Exit):
         """Bytes the guest's IN receives when the vCPU is run again."""
         want = self.size * self.count
         if len(data) != want:
-            raise ValueError(f"IN on port {self.port:#x} takes {want} bytes (size {self.size} x count {self.count}), got {len(data)}")
+            raise ValueError(f"IN on port {self.port:#x} takes {want} bytes (size {self.size} x count {self.count}), "
+                             f"got {len(data)}")
         self._vcpu._write_run(self._data_offset, data)
 
 

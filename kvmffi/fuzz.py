@@ -80,7 +80,7 @@ def build_machine(vm_type: VmType, log: KernelLog | None) -> type:
     from hypothesis import strategies as st
     from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, multiple, precondition, rule
 
-    from .testvm import TEST_GPA, TestVm
+    from .testvm import TestVm
 
     page_counts = st.integers(min_value=0, max_value=MAX_GMEM // PAGE)
     sizes = st.one_of(page_counts.map(lambda n: n * PAGE), st.integers(min_value=0, max_value=MAX_GMEM),

@@ -7,7 +7,7 @@ import mmap
 import os
 from typing import TYPE_CHECKING
 
-from . import _ffi
+from . import _libc
 from ._fd import FdOwner
 from .errors import KvmError
 from .memory import GuestMemfdMapping, HostMemory, RawMapping
@@ -44,7 +44,7 @@ class GuestMemfd(FdOwner):
         and punching are idempotent.
         """
         while True:
-            err = _ffi.fallocate(self.fileno(), mode, offset, length)
+            err = _libc.fallocate(self.fileno(), mode, offset, length)
             if err != errno.EINTR:
                 break
         if err:

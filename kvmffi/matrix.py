@@ -228,7 +228,7 @@ def format_ktap(results: list[ConfigResult]) -> str:
     lines = ["KTAP version 1", f"1..{len(results)}"]
     for i, r in enumerate(results, 1):
         outs = r.outcomes
-        lines += [f"    KTAP version 1", f"    # configuration {r.config.name}: kernel {r.kernel_release or r.config.kernel}"
+        lines += ["    KTAP version 1", f"    # configuration {r.config.name}: kernel {r.kernel_release or r.config.kernel}"
                   + (f", {r.config.kernel_args}" if r.config.kernel_args else "")
                   + (f", {r.config.numa} NUMA nodes" if r.config.numa > 1 else ""), f"    1..{len(outs)}"]
         for j, (name, o) in enumerate(outs.items(), 1):

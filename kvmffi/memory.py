@@ -5,10 +5,9 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-
 from typing import Any
 
-from . import _ffi
+from . import _libc
 from .errors import HostMemoryFault
 
 MFD_HUGETLB = 0x0004
@@ -28,7 +27,7 @@ class HostMemory(mmap.mmap):
     @property
     def addr(self) -> int:
         if self._addr is None:
-            self._addr = _ffi.buffer_address(self)
+            self._addr = _libc.buffer_address(self)
         return self._addr
 
 
@@ -60,7 +59,7 @@ class _Guarded:
     def __getitem__(self, i):  # type: ignore[no-untyped-def]
         start, n = self._span(i)
         if _guard_works():
-            data, err = _ffi.guarded_read(self.addr + start, n)
+            data, err = _libc.guarded_read(self.addr + start, n)
             if not err:
                 return data[0] if isinstance(i, int) else data
             if err != errno.ENOSYS:
@@ -75,7 +74,7 @@ class _Guarded:
         if len(data) != n:
             raise IndexError(f"mapping slice assignment is wrong size ({len(data)} bytes for {n})")
         if _guard_works():
-            done, err = _ffi.guarded_write(self.addr + start, data)
+            done, err = _libc.guarded_write(self.addr + start, data)
             if not err:
                 return
             if err != errno.ENOSYS:
@@ -97,7 +96,7 @@ def guard_available() -> bool:
     if "probed" not in _GUARD:
         probe = bytearray(8)
         _GUARD["probed"] = True
-        _, err = _ffi.guarded_read(_ffi.buffer_address(probe), 8)
+        _, err = _libc.guarded_read(_libc.buffer_address(probe), 8)
         if err == errno.ENOSYS:
             _GUARD["works"] = False
     return _GUARD["works"]
@@ -123,7 +122,8 @@ class RawMapping(_Guarded):
     """
 
     def __init__(self, fd: int, length: int, flags: int, prot: int, offset: int = 0) -> None:
-        self.addr, self._buf = _ffi.raw_mmap(length, prot, flags, fd, offset)
+        self._buf: memoryview | None = None
+        self.addr, self._buf = _libc.mmap(length, prot, flags, fd, offset)
         self._len = length
 
     def __len__(self) -> int:
@@ -157,10 +157,14 @@ class RawMapping(_Guarded):
 
     def close(self) -> None:
         if self._buf is not None:
-            self._buf = None
-            _ffi.raw_munmap(self.addr, self._len)
+            buf, self._buf = self._buf, None
+            try:
+                buf.release()
+            except BufferError:  # a view of it is still exported: unmap anyway, as before
+                pass
+            _libc.munmap(self.addr, self._len)
 
-    def __enter__(self) -> "RawMapping":
+    def __enter__(self) -> RawMapping:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import _ffi
+from . import _libc
 
 MPOL_DEFAULT = 0
 MPOL_PREFERRED = 1
@@ -10,21 +10,17 @@ MPOL_BIND = 2
 MPOL_INTERLEAVE = 3
 MPOL_F_ADDR = 1 << 1
 
-SYS_mbind = 237
-SYS_get_mempolicy = 239
-SYS_move_pages = 279
-
 
 def mbind(addr: int, length: int, mode: int, nodemask: int, flags: int = 0) -> int:
     """mbind(2); returns 0 or the errno."""
-    return _ffi.syscall_nodemask(SYS_mbind, addr, length, mode, nodemask, flags)
+    return _libc.mbind(addr, length, mode, nodemask, flags)
 
 
 def get_mempolicy_addr(addr: int) -> tuple[int, int]:
     """get_mempolicy(MPOL_F_ADDR) for the page at ``addr``: (mode, nodemask)."""
-    return _ffi.get_mempolicy(SYS_get_mempolicy, addr, MPOL_F_ADDR)
+    return _libc.get_mempolicy(addr, MPOL_F_ADDR)
 
 
 def page_nodes(addr: int, npages: int) -> list[int]:
     """Which node each page is on (move_pages with nodes=NULL)."""
-    return _ffi.move_pages_query(SYS_move_pages, addr, npages)
+    return _libc.move_pages_query(addr, npages)

@@ -1,11 +1,14 @@
-"""Probes: behaviours of this host found by running a guest, not by asking a capability."""
+"""Probes: behaviours of this host found by running a guest, not by asking a capability; and the
+one hypercall scenario the probe and the hypercall tests share."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
+from .exits import HypercallExit
 from .system import Kvm
-from .uapi import Cap, MemoryAttribute
+from .uapi import Cap, HypercallNr, MemoryAttribute, VmType
 
 _cache: dict[str, Any] = {}
 
@@ -14,33 +17,48 @@ HYPERCALL_QUIRK = ("hypercall exits are not delivered on this host: vmcall/vmmca
                    "tests in the test kernel (`kvmffi run private`) or on bare metal")
 
 
+@dataclass
+class HypercallRun:
+    exits: list[HypercallExit] = field(default_factory=list)   # the KVM_EXIT_HYPERCALLs, in order
+    seen: list[int] = field(default_factory=list)              # what the guest's hypercall returned
+
+
+def run_map_gpa_range(kvm: Kvm, vm_type: VmType | int = VmType.DEFAULT, *, enable: bool = True, ret: int = 0,
+                      timeout: float = 30.0) -> HypercallRun:
+    """The scenarios guest makes one KVM_HC_MAP_GPA_RANGE (TEST_GPA, 1 page, decrypted) and reports
+    what it returned. ``enable`` turns KVM_CAP_EXIT_HYPERCALL on for it; each exit is answered with
+    ``ret``. Raises GuestHang where the hypercall never leaves KVM_RUN."""
+    from .testvm import TEST_GPA, TestVm
+    r = HypercallRun()
+
+    def on_exit(vcpu: Any, ex: Any) -> bool:
+        if isinstance(ex, HypercallExit):
+            r.exits.append(ex)
+            ex.set_ret(ret)
+            return True
+        return False
+
+    with TestVm("scenarios", kvm=kvm, vm_type=vm_type, timeout=timeout) as t:
+        assert t.vm is not None
+        if enable:
+            t.vm.enable_cap(Cap.EXIT_HYPERCALL, 1 << HypercallNr.MAP_GPA_RANGE)
+        t.set_param("scenario", "S_HYPERCALL")
+        t.set_param("test_gpa", TEST_GPA)
+        t.run(on_sync=lambda v, a: r.seen.append(a[1]), on_exit=on_exit)
+    return r
+
+
 def hypercall_exits_delivered(kvm: Kvm, timeout: float = 1.0) -> bool | None:
     """Does KVM_HC_MAP_GPA_RANGE reach userspace as KVM_EXIT_HYPERCALL? None if it cannot be asked."""
     key = "hypercall"
     if key in _cache:
         return _cache[key]  # type: ignore[no-any-return]
-    from .exits import HypercallExit
-    from .testvm import TEST_GPA, GuestHang, TestVm
-    if not kvm.check_extension(Cap.EXIT_HYPERCALL) & (1 << 12):
+    from .testvm import GuestHang
+    if not kvm.check_extension(Cap.EXIT_HYPERCALL) & (1 << HypercallNr.MAP_GPA_RANGE):
         _cache[key] = None
         return None
-    got: list[HypercallExit] = []
-
-    def on_exit(vcpu: Any, ex: Any) -> bool:
-        if isinstance(ex, HypercallExit):
-            got.append(ex)
-            ex.set_ret(0)
-            return True
-        return False
-
     try:
-        with TestVm("scenarios", kvm=kvm, timeout=timeout) as t:
-            assert t.vm is not None
-            t.vm.enable_cap(Cap.EXIT_HYPERCALL, 1 << 12)
-            t.set_param("scenario", 12)
-            t.set_param("test_gpa", TEST_GPA)
-            t.run(on_exit=on_exit)
-        res: bool | None = bool(got)
+        res: bool | None = bool(run_map_gpa_range(kvm, timeout=timeout).exits)
     except GuestHang:
         res = False
     _cache[key] = res

@@ -36,7 +36,6 @@ from .uapi import Cap, GuestMemfdFlag, VmType
 from .vm import Vm
 
 
-
 @dataclass
 class _Session:
     """One pytest session's kvmffi state (in ``config.stash``; nested pytester sessions get their own)."""

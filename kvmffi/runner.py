@@ -58,7 +58,7 @@ def parse_ktap(text: str, res: TierResult) -> None:
         m = TOTALS.search(line)
         if m:
             keys = ("pass", "fail", "xfail", "xpass", "skip", "error")
-            res.totals = dict(zip(keys, map(int, m.groups())))
+            res.totals = dict(zip(keys, map(int, m.groups()), strict=True))
         elif line.startswith("ok ") and " # SKIP " in line:
             res.skip_reasons.append(line.split(" # SKIP ", 1)[1])
             res.outcomes[line.split(" ", 2)[2].split(" # SKIP ", 1)[0]] = "skipped"

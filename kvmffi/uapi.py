@@ -14,6 +14,7 @@ class Cap(enum.IntEnum):
 
     USER_MEMORY = 3
     NR_MEMSLOTS = 10
+    SYNC_REGS = 74
     MAX_VCPUS = 66
     READONLY_MEM = 81
     CHECK_EXTENSION_VM = 105

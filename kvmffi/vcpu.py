@@ -10,9 +10,20 @@ from typing import TYPE_CHECKING, Any
 
 from . import _ffi
 from ._fd import FdOwner
-from .errors import KvmError
-from .exits import (Exit, FailEntryExit, HltExit, HypercallExit, InternalErrorExit, IntrExit, IoExit,
-                    MemoryFaultExit, MmioExit, OtherExit, ShutdownExit, SystemEventExit)
+from .exits import (
+    Exit,
+    FailEntryExit,
+    HltExit,
+    HypercallExit,
+    InternalErrorExit,
+    IntrExit,
+    IoExit,
+    MemoryFaultExit,
+    MmioExit,
+    OtherExit,
+    ShutdownExit,
+    SystemEventExit,
+)
 from .uapi import ExitReason, IoDirection, MemoryFaultFlag
 
 EHWPOISON = 133  # not in Python's errno module
@@ -121,90 +132,104 @@ class Vcpu(FdOwner):
     raised; EINTR (a signal or immediate_exit) is returned as ``IntrExit``.
     """
 
-    def __init__(self, fd: int, vcpu_id: int, vm: Vm, mmap_size: int) -> None:
+    def __init__(self, fd: int, vcpu_id: int, vm: Vm, mmap_size: int, sync_regs: bool = False) -> None:
         super().__init__(fd)
         self.id = vcpu_id
         self.vm = vm
         self._view: _ffi.RunView | None = None
         self._view = _ffi.RunView(mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE))
-        self._run = self._view.run
         self._read_reg = _ffi.reg_reader(fd)
         self.thread_id: int | None = None  # the thread inside KVM_RUN, for the watchdog
-        self.last_exit: Exit | None = None
+        # KVM_CAP_SYNC_REGS: KVM stores the registers in kvm_run at every exit, so reading one after
+        # an exit needs no KVM_GET_REGS. They are fresh from an exit until userspace sets registers.
+        self._sync_regs = False
+        self._regs_fresh = False
+        self.sync_regs = sync_regs
 
     def __repr__(self) -> str:
         return f"<Vcpu {self.id} {'closed' if self.closed else f'fd={self._fd}'}>"
 
     def _close_children(self) -> None:
         if self._view is not None:
-            self._run = None
             self._view.close()
             self._view = None
 
     # -- KVM_RUN ------------------------------------------------------------
     def run(self) -> Exit:
         """KVM_RUN once; returns the decoded exit."""
-        ex = self.run_ucall_port(-1)
+        ex = self.run_io_fast(-1)
         assert ex is not None
         return ex
 
-    def run_ucall_port(self, port: int) -> Exit | None:
-        """The run loop's fast path: KVM_RUN once; None if the exit is an IO exit on ``port``
-        (nothing decoded, nothing allocated), else the decoded exit as :meth:`run` returns it."""
-        run = self._run
-        if run is None:
+    def run_io_fast(self, port: int) -> Exit | None:
+        """KVM_RUN once, for run loops: None if the exit is port I/O on ``port`` (nothing decoded,
+        nothing allocated; read what you need with :meth:`get_reg`), else the exit as :meth:`run`
+        returns it."""
+        view = self._view
+        if view is None:
             raise ValueError("Vcpu is closed")
-        run.exit_reason = 0
         self.thread_id = threading.get_ident()
-        err = _ffi.ioctl_run(self._fd)
+        r = view.enter(self._fd, port)
         self.thread_id = None
-        if not err and run.exit_reason == _EXIT_IO and run.io.port == port:
+        self._regs_fresh = self.sync_regs and r in (-1, 0, _errno.EINTR)
+        if r < 0:
             return None
-        if err:
-            if err == _errno.EINTR:
-                ex: Exit = _INTR
-            elif err in (_errno.EFAULT, EHWPOISON) and run.exit_reason == ExitReason.MEMORY_FAULT:
-                mf = run.memory_fault
-                ex = MemoryFaultExit(MemoryFaultFlag(mf.flags), mf.gpa, mf.size, err)
-            else:
-                raise self.vm._error("KVM_RUN", err, {"vcpu": self.id})
-        else:
-            decode = _DECODERS.get(run.exit_reason)
-            ex = decode(self, run) if decode is not None else OtherExit(run.exit_reason, bytes(_ffi.ffi.buffer(run.padding)))
-        self.last_exit = ex
-        return ex
+        if r:
+            if r == _errno.EINTR:
+                return _INTR
+            if r in (_errno.EFAULT, EHWPOISON) and view.exit_reason == ExitReason.MEMORY_FAULT:
+                flags, gpa, size = view.memory_fault()
+                return MemoryFaultExit(MemoryFaultFlag(flags), gpa, size, r)
+            raise self.vm._error("KVM_RUN", r, {"vcpu": self.id})
+        reason = view.exit_reason
+        decode = _DECODERS.get(reason)
+        return decode(self, view) if decode is not None else OtherExit(reason, view.padding())
+
+    @property
+    def sync_regs(self) -> bool:
+        """Whether KVM stores the registers in kvm_run at every exit (set by the Vm where the
+        kernel offers KVM_CAP_SYNC_REGS with KVM_SYNC_X86_REGS; settable, e.g. to compare)."""
+        return self._sync_regs
+
+    @sync_regs.setter
+    def sync_regs(self, on: bool) -> None:
+        self._live_view().sync_regs(bool(on))
+        self._sync_regs = bool(on)
+        self._regs_fresh = False
+
+    def _live_view(self) -> _ffi.RunView:
+        if self._view is None:
+            raise ValueError("Vcpu is closed")
+        return self._view
 
     @property
     def immediate_exit(self) -> bool:
-        return bool(self._run.immediate_exit)
+        return self._live_view().immediate_exit
 
     @immediate_exit.setter
     def immediate_exit(self, value: bool) -> None:
-        self._run.immediate_exit = int(bool(value))
+        self._live_view().immediate_exit = value
 
     def _write_run(self, offset: int, data: bytes) -> None:
-        assert self._view is not None
-        self._view.write(offset, data)
+        self._live_view().write(offset, data)
 
     def _set_hypercall_ret(self, value: int) -> None:
-        self._run.hypercall.ret = value & 0xFFFFFFFFFFFFFFFF
+        self._live_view().set_hypercall_ret(value)
 
     def _set_mmio_data(self, data: bytes) -> None:
-        n = self._run.mmio.len
-        if len(data) != n:
-            raise ValueError(f"MMIO read of {n} bytes needs {n} bytes of data, got {len(data)}")
-        _ffi.ffi.memmove(self._run.mmio.data, data, n)
+        self._live_view().set_mmio_data(data)
 
     # -- registers ----------------------------------------------------------
     def get_regs(self) -> Regs:
         """KVM_GET_REGS."""
-        p = _ffi.new("struct kvm_regs")
-        self._ioctl_ptr("KVM_GET_REGS", _ffi.KVM_GET_REGS, p)
-        return Regs(*(getattr(p, n) for n in _REG_NAMES))
+        return Regs(**self._ioctl_struct("KVM_GET_REGS", _ffi.KVM_GET_REGS, "struct kvm_regs"))
 
     def get_reg(self, name: str) -> int:
-        """One register by name (KVM_GET_REGS into a reused buffer: the run loop's fast path)."""
+        """One register by name: from kvm_run when KVM synced the registers at the last exit
+        (KVM_CAP_SYNC_REGS), else KVM_GET_REGS into a reused buffer. The run loop's fast path."""
         try:
+            if self._regs_fresh:
+                return self._live_view().sync_reg(name)
             return self._read_reg(name)  # type: ignore[no-any-return]
         except KeyError:
             raise TypeError(f"no register {name!r}; kvm_regs has {', '.join(_REG_NAMES)}") from None
@@ -219,18 +244,16 @@ class Vcpu(FdOwner):
             if k not in _REG_NAMES:
                 raise TypeError(f"no register {k!r}; kvm_regs has {', '.join(_REG_NAMES)}")
             setattr(regs, k, v)
-        p = _ffi.new("struct kvm_regs", **{n: getattr(regs, n) for n in _REG_NAMES})
-        self._ioctl_ptr("KVM_SET_REGS", _ffi.KVM_SET_REGS, p)
+        self._regs_fresh = False
+        self._ioctl_struct("KVM_SET_REGS", _ffi.KVM_SET_REGS, "struct kvm_regs", {n: getattr(regs, n) for n in _REG_NAMES})
 
     def get_sregs(self) -> Sregs:
         """KVM_GET_SREGS."""
-        p = _ffi.new("struct kvm_sregs")
-        self._ioctl_ptr("KVM_GET_SREGS", _ffi.KVM_GET_SREGS, p)
-        segs = {n: Segment(*(getattr(getattr(p, n), f) for f in _SEG_FIELDS)) for n in _SEGMENTS}
-        kw: dict[str, Any] = dict(segs)
-        kw.update({n: getattr(p, n) for n in _CRS})
-        return Sregs(gdt=DTable(p.gdt.base, p.gdt.limit), idt=DTable(p.idt.base, p.idt.limit),
-                     interrupt_bitmap=tuple(p.interrupt_bitmap), **kw)
+        p = self._ioctl_struct("KVM_GET_SREGS", _ffi.KVM_GET_SREGS, "struct kvm_sregs")
+        kw: dict[str, Any] = {n: Segment(**{f: p[n][f] for f in _SEG_FIELDS}) for n in _SEGMENTS}
+        kw.update({n: p[n] for n in _CRS})
+        return Sregs(gdt=DTable(p["gdt"]["base"], p["gdt"]["limit"]), idt=DTable(p["idt"]["base"], p["idt"]["limit"]),
+                     interrupt_bitmap=tuple(p["interrupt_bitmap"]), **kw)
 
     def set_sregs(self, sregs: Sregs | None = None, **changes: Any) -> None:
         """KVM_SET_SREGS. With keyword arguments only, changes just those fields."""
@@ -240,19 +263,12 @@ class Vcpu(FdOwner):
             if not hasattr(sregs, k):
                 raise TypeError(f"no special register {k!r}")
             setattr(sregs, k, v)
-        p = _ffi.new("struct kvm_sregs")
-        for n in _SEGMENTS:
-            seg, dst = getattr(sregs, n), getattr(p, n)
-            for f in _SEG_FIELDS:
-                setattr(dst, f, getattr(seg, f))
+        p: dict[str, Any] = {n: {f: getattr(getattr(sregs, n), f) for f in _SEG_FIELDS} for n in _SEGMENTS}
         for n in ("gdt", "idt"):
-            getattr(p, n).base = getattr(sregs, n).base
-            getattr(p, n).limit = getattr(sregs, n).limit
-        for n in _CRS:
-            setattr(p, n, getattr(sregs, n))
-        for i, v in enumerate(sregs.interrupt_bitmap):
-            p.interrupt_bitmap[i] = v
-        self._ioctl_ptr("KVM_SET_SREGS", _ffi.KVM_SET_SREGS, p)
+            p[n] = {"base": getattr(sregs, n).base, "limit": getattr(sregs, n).limit}
+        p.update({n: getattr(sregs, n) for n in _CRS})
+        p["interrupt_bitmap"] = list(sregs.interrupt_bitmap)
+        self._ioctl_struct("KVM_SET_SREGS", _ffi.KVM_SET_SREGS, "struct kvm_sregs", p)
 
     def set_cpuid2(self, entries: list[tuple[int, ...]]) -> None:
         """KVM_SET_CPUID2 with (function, index, flags, eax, ebx, ecx, edx) entries,
@@ -269,63 +285,63 @@ class Vcpu(FdOwner):
         Returns the (gpa, size) the kernel wrote back: size is what remains. Raises
         KvmError, whose ``remaining`` attribute holds the (gpa, size) after a failure.
         """
-        p = _ffi.new("struct kvm_pre_fault_memory", gpa=gpa, size=size, flags=flags)
-        ret, err = _ffi.ioctl_ptr(self.fileno(), _ffi.KVM_PRE_FAULT_MEMORY, p)
+        ret, err, p = _ffi.ioctl_struct(self.fileno(), _ffi.KVM_PRE_FAULT_MEMORY, "struct kvm_pre_fault_memory",
+                                        {"gpa": gpa, "size": size, "flags": flags})
         if ret < 0:
             e = self.vm._error("KVM_PRE_FAULT_MEMORY", err, {"vcpu": self.id, "gpa": gpa, "size": size, "flags": flags})
-            e.remaining = (p.gpa, p.size)
+            e.remaining = (p["gpa"], p["size"])
             raise e
-        return p.gpa, p.size
+        return p["gpa"], p["size"]
 
-    def _ioctl_ptr(self, name: str, req: int, p: Any) -> None:
-        ret, err = _ffi.ioctl_ptr(self.fileno(), req, p)
+    def _ioctl_struct(self, name: str, req: int, struct: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+        ret, err, out = _ffi.ioctl_struct(self.fileno(), req, struct, fields)
         if ret < 0:
             raise self.vm._error(name, err, {"vcpu": self.id})
+        return out
 
 
-_EXIT_IO = int(ExitReason.IO)  # a plain int: compared on every exit
 _INTR = IntrExit()
 _HLT = HltExit()
 _SHUTDOWN = ShutdownExit()
 
 
-def _io(v: Vcpu, run: Any) -> IoExit:
-    io = run.io
-    n = io.size * io.count
-    off = io.data_offset
-    d = IoDirection(io.direction)
-    data = v._view.read(off, n) if d is IoDirection.OUT else bytes(n)  # type: ignore[union-attr]
-    return IoExit(d, io.size, io.port, io.count, data, v, off)
+def _io(v: Vcpu, view: _ffi.RunView) -> IoExit:
+    direction, size, port, count, off = view.io()
+    d = IoDirection(direction)
+    n = size * count
+    data = view.read(off, n) if d is IoDirection.OUT else bytes(n)
+    return IoExit(d, size, port, count, data, v, off)
 
 
-def _mmio(v: Vcpu, run: Any) -> MmioExit:
-    m = run.mmio
-    n = m.len
-    return MmioExit(m.phys_addr, bytes(m.data)[:n], n, bool(m.is_write), v)
+def _mmio(v: Vcpu, view: _ffi.RunView) -> MmioExit:
+    gpa, data, n, is_write = view.mmio()
+    return MmioExit(gpa, data, n, is_write, v)
 
 
-def _hypercall(v: Vcpu, run: Any) -> HypercallExit:
-    h = run.hypercall
-    return HypercallExit(h.nr, tuple(h.args), h.flags, v)
+def _hypercall(v: Vcpu, view: _ffi.RunView) -> HypercallExit:
+    nr, args, flags = view.hypercall()
+    return HypercallExit(nr, args, flags, v)
 
 
-def _internal(v: Vcpu, run: Any) -> InternalErrorExit:
-    i = run.internal
-    return InternalErrorExit(i.suberror, tuple(i.data[0:min(i.ndata, 16)]))
+def _internal(v: Vcpu, view: _ffi.RunView) -> InternalErrorExit:
+    return InternalErrorExit(*view.internal())
 
 
-def _system_event(v: Vcpu, run: Any) -> SystemEventExit:
-    s = run.system_event
-    return SystemEventExit(s.type, tuple(s.data[0:max(1, min(s.ndata, 16))]))
+def _system_event(v: Vcpu, view: _ffi.RunView) -> SystemEventExit:
+    return SystemEventExit(*view.system_event())
 
 
-_DECODERS = {
+def _fail_entry(v: Vcpu, view: _ffi.RunView) -> FailEntryExit:
+    return FailEntryExit(*view.fail_entry())
+
+
+_DECODERS: dict[int, Any] = {
     ExitReason.IO: _io,
     ExitReason.MMIO: _mmio,
     ExitReason.HYPERCALL: _hypercall,
     ExitReason.HLT: lambda v, r: _HLT,
     ExitReason.SHUTDOWN: lambda v, r: _SHUTDOWN,
-    ExitReason.FAIL_ENTRY: lambda v, r: FailEntryExit(r.fail_entry.hardware_entry_failure_reason, r.fail_entry.cpu),
+    ExitReason.FAIL_ENTRY: _fail_entry,
     ExitReason.INTERNAL_ERROR: _internal,
     ExitReason.SYSTEM_EVENT: _system_event,
     ExitReason.INTR: lambda v, r: _INTR,

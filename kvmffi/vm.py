@@ -62,10 +62,18 @@ class Vm(FdOwner):
         self.vcpus: dict[int, Vcpu] = {}
         self.memslots: dict[int, Memslot] = {}
         self._keep: dict[int, Any] = {}
+        self._sync: bool | None = None
 
     def __repr__(self) -> str:
         t = self.type.name if isinstance(self.type, VmType) else self.type
         return f"<Vm {t} {'closed' if self.closed else f'fd={self._fd}'}>"
+
+    @property
+    def _sync_regs(self) -> bool:
+        """Can this VM's vCPUs have KVM store their registers in kvm_run (KVM_CAP_SYNC_REGS)?"""
+        if self._sync is None:
+            self._sync = bool(self.check_extension(Cap.SYNC_REGS) & _ffi.KVM_SYNC_X86_REGS)
+        return self._sync
 
     def _close_children(self) -> None:
         for v in list(self.vcpus.values()):
@@ -99,12 +107,11 @@ class Vm(FdOwner):
         """KVM_ENABLE_CAP on the VM, e.g. ``vm.enable_cap(Cap.EXIT_HYPERCALL, 1 << 12)``."""
         if len(args) > 4:
             raise ValueError(f"KVM_ENABLE_CAP takes at most 4 args, got {len(args)}")
-        p = _ffi.new("struct kvm_enable_cap", cap=int(cap), flags=flags)
-        for i, a in enumerate(args):
-            p.args[i] = a
-        ret, err = _ffi.ioctl_ptr(self.fileno(), _ffi.KVM_ENABLE_CAP, p)
+        ret, err, _ = _ffi.ioctl_struct(self.fileno(), _ffi.KVM_ENABLE_CAP, "struct kvm_enable_cap",
+                                        {"cap": int(cap), "flags": flags, "args": list(args)})
         if ret < 0:
-            raise self._error("KVM_ENABLE_CAP", err, {"cap": cap, "args": "[" + ", ".join(hex(a) for a in args) + "]", "flags": flags})
+            raise self._error("KVM_ENABLE_CAP", err,
+                              {"cap": cap, "args": "[" + ", ".join(hex(a) for a in args) + "]", "flags": flags})
 
     def set_nr_mmu_pages(self, pages: int) -> None:
         """KVM_SET_NR_MMU_PAGES: the shadow MMU's page budget (x86), as the selftests set it before
@@ -117,10 +124,8 @@ class Vm(FdOwner):
     def create_guest_memfd(self, size: int, flags: GuestMemfdFlag | int = 0,
                            reserved: tuple[int, ...] | None = None) -> GuestMemfd:
         """KVM_CREATE_GUEST_MEMFD (KVM_CAP_GUEST_MEMFD). ``reserved`` is for negative tests."""
-        p = _ffi.new("struct kvm_create_guest_memfd", size=size, flags=int(flags))
-        for i, r in enumerate(reserved or ()):
-            p.reserved[i] = r
-        ret, err = _ffi.ioctl_ptr(self.fileno(), _ffi.KVM_CREATE_GUEST_MEMFD, p)
+        ret, err, _ = _ffi.ioctl_struct(self.fileno(), _ffi.KVM_CREATE_GUEST_MEMFD, "struct kvm_create_guest_memfd",
+                                        {"size": size, "flags": int(flags), "reserved": list(reserved or ())})
         if ret < 0:
             args: dict[str, Any] = {"size": size, "flags": GuestMemfdFlag(int(flags))}
             if reserved:
@@ -139,9 +144,10 @@ class Vm(FdOwner):
     def set_user_memory_region(self, slot: int, gpa: int, size: int, userspace_addr: int = 0,
                                flags: MemslotFlag | int = 0, *, keep: Any = None) -> None:
         """KVM_SET_USER_MEMORY_REGION (the legacy ioctl, no guest_memfd)."""
-        p = _ffi.new("struct kvm_userspace_memory_region", slot=slot, flags=int(flags), guest_phys_addr=gpa,
-                     memory_size=size, userspace_addr=userspace_addr)
-        ret, err = _ffi.ioctl_ptr(self.fileno(), _ffi.KVM_SET_USER_MEMORY_REGION, p)
+        ret, err, _ = _ffi.ioctl_struct(self.fileno(), _ffi.KVM_SET_USER_MEMORY_REGION,
+                                        "struct kvm_userspace_memory_region",
+                                        {"slot": slot, "flags": int(flags), "guest_phys_addr": gpa, "memory_size": size,
+                                         "userspace_addr": userspace_addr})
         if ret < 0:
             raise self._error("KVM_SET_USER_MEMORY_REGION", err, {"slot": slot, "gpa": gpa, "size": size,
                               "userspace_addr": userspace_addr, "flags": MemslotFlag(int(flags))})
@@ -156,10 +162,11 @@ class Vm(FdOwner):
         ``keep`` is an object the Vm holds while the slot exists (e.g. the host mapping).
         """
         gfd = _fd_of(guest_memfd)
-        p = _ffi.new("struct kvm_userspace_memory_region2", slot=slot, flags=int(flags), guest_phys_addr=gpa,
-                     memory_size=size, userspace_addr=userspace_addr, guest_memfd_offset=guest_memfd_offset,
-                     guest_memfd=gfd)
-        ret, err = _ffi.ioctl_ptr(self.fileno(), _ffi.KVM_SET_USER_MEMORY_REGION2, p)
+        ret, err, _ = _ffi.ioctl_struct(self.fileno(), _ffi.KVM_SET_USER_MEMORY_REGION2,
+                                        "struct kvm_userspace_memory_region2",
+                                        {"slot": slot, "flags": int(flags), "guest_phys_addr": gpa, "memory_size": size,
+                                         "userspace_addr": userspace_addr, "guest_memfd_offset": guest_memfd_offset,
+                                         "guest_memfd": gfd})
         if ret < 0:
             raise self._error("KVM_SET_USER_MEMORY_REGION2", err, {
                 "slot": slot, "gpa": gpa, "size": size, "userspace_addr": userspace_addr,
@@ -190,8 +197,8 @@ class Vm(FdOwner):
     # -- memory attributes --------------------------------------------------
     def set_memory_attributes(self, gpa: int, size: int, attributes: MemoryAttribute | int, flags: int = 0) -> None:
         """KVM_SET_MEMORY_ATTRIBUTES (KVM_CAP_MEMORY_ATTRIBUTES): PRIVATE or 0 (shared) for a GPA range."""
-        p = _ffi.new("struct kvm_memory_attributes", address=gpa, size=size, attributes=int(attributes), flags=flags)
-        ret, err = _ffi.ioctl_ptr(self.fileno(), _ffi.KVM_SET_MEMORY_ATTRIBUTES, p)
+        ret, err, _ = _ffi.ioctl_struct(self.fileno(), _ffi.KVM_SET_MEMORY_ATTRIBUTES, "struct kvm_memory_attributes",
+                                        {"address": gpa, "size": size, "attributes": int(attributes), "flags": flags})
         if ret < 0:
             hint = ""
             if err == _errno.ENOTTY:
@@ -215,7 +222,7 @@ class Vm(FdOwner):
         if ret < 0:
             raise self._error("KVM_CREATE_VCPU", err, {"id": vcpu_id})
         try:
-            v = Vcpu(ret, vcpu_id, self, self.kvm.vcpu_mmap_size)
+            v = Vcpu(ret, vcpu_id, self, self.kvm.vcpu_mmap_size, sync_regs=self._sync_regs)
         except BaseException:
             os.close(ret)
             raise

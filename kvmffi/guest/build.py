@@ -14,7 +14,8 @@ from ..cache import cache_dir
 
 CFLAGS = ["-ffreestanding", "-fno-pic", "-fno-pie", "-static", "-nostdlib", "-no-pie", "-mno-red-zone",
           "-mgeneral-regs-only", "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-fcf-protection=none",
-          "-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror=implicit-function-declaration"]
+          "-O2", "-g", "-fno-eliminate-unused-debug-types",  # the host reads enumerators from the debug info
+          "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror=implicit-function-declaration"]
 
 
 class GuestBuildError(RuntimeError):

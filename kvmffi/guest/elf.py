@@ -1,4 +1,6 @@
-"""Load a guest ELF with pyelftools: PT_LOAD segments and the symbol table."""
+"""Load a guest ELF with pyelftools: PT_LOAD segments, the symbol table, and from its debug
+information the line table, the enumerators and the struct layouts (the guest headers are the one
+source of every constant the host shares with the guest)."""
 
 from __future__ import annotations
 
@@ -33,6 +35,12 @@ class Symbol:
     size: int
 
 
+@dataclass(frozen=True)
+class StructLayout:
+    size: int
+    offsets: dict[str, int]
+
+
 @dataclass
 class GuestImage:
     path: str
@@ -41,6 +49,36 @@ class GuestImage:
     symbols: dict[str, Symbol] = field(default_factory=dict)
     _data: bytes = field(default=b"", repr=False)
     _lines: list[tuple[int, str, int]] | None = field(default=None, repr=False)
+    _types: tuple[dict[str, int], dict[str, StructLayout]] | None = field(default=None, repr=False)
+
+    def _debug_types(self) -> tuple[dict[str, int], dict[str, StructLayout]]:
+        if self._types is None:
+            try:
+                elf = ELFFile(io.BytesIO(self._data))
+                self._types = _types(elf) if elf.has_dwarf_info() else ({}, {})
+            except Exception as e:  # pyelftools raises assorted errors on garbage
+                raise GuestElfError(f"{self.path}: unreadable debug information: {type(e).__name__}: {e}") from None
+        return self._types
+
+    @property
+    def constants(self) -> dict[str, int]:
+        """Every C enumerator of the program (its own and kvmffi_guest.h's), by name."""
+        return self._debug_types()[0]
+
+    def constant(self, name: str) -> int:
+        try:
+            return self.constants[name]
+        except KeyError:
+            raise GuestElfError(f"guest {Path(self.path).name} has no enumerator {name!r} in its debug information "
+                                "(constants the host reads are C enumerators, and guests are built with -g)") from None
+
+    def struct(self, name: str) -> StructLayout:
+        """The layout of ``struct name`` as the guest compiler laid it out."""
+        try:
+            return self._debug_types()[1][name]
+        except KeyError:
+            raise GuestElfError(f"guest {Path(self.path).name} has no struct {name!r} in its debug "
+                                "information") from None
 
     @property
     def lines(self) -> list[tuple[int, str, int]]:
@@ -156,3 +194,20 @@ def _line_table(elf: ELFFile) -> list[tuple[int, str, int]]:
             out.append((st.address, name, st.line))
     out.sort()
     return out
+
+
+def _types(elf: ELFFile) -> tuple[dict[str, int], dict[str, StructLayout]]:
+    consts: dict[str, int] = {}
+    structs: dict[str, StructLayout] = {}
+    for cu in elf.get_dwarf_info().iter_CUs():
+        for die in cu.iter_DIEs():
+            at = die.attributes
+            if die.tag == "DW_TAG_enumerator":
+                consts[at["DW_AT_name"].value.decode()] = at["DW_AT_const_value"].value
+            elif die.tag == "DW_TAG_structure_type" and "DW_AT_name" in at and "DW_AT_byte_size" in at:
+                offsets = {c.attributes["DW_AT_name"].value.decode(): c.attributes["DW_AT_data_member_location"].value
+                           for c in die.iter_children()
+                           if c.tag == "DW_TAG_member" and "DW_AT_name" in c.attributes
+                           and "DW_AT_data_member_location" in c.attributes}
+                structs[at["DW_AT_name"].value.decode()] = StructLayout(at["DW_AT_byte_size"].value, offsets)
+    return consts, structs

@@ -161,7 +161,7 @@ def boot(kernel: Path | str, command: list[str], *, cpus: int = 2, memory: str =
     lines: queue.Queue[str | None] = queue.Queue()
     console: list[str] = []
     result = BootResult(returncode=-1, accel=accel)
-    from .._ffi import die_with_parent
+    from .._libc import die_with_parent
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, preexec_fn=die_with_parent)
 

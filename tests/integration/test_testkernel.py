@@ -25,7 +25,7 @@ def _qemus() -> set[int]:
 
 
 @pytest.fixture
-def kernel():  # noqa: ANN201
+def kernel():
     if os.environ.get("KVMFFI_IN_TEST_KERNEL"):
         pytest.skip("inside a test kernel: booting another one needs the host (a writable cache, QEMU at full speed)")
     img = default_image()
@@ -35,13 +35,13 @@ def kernel():  # noqa: ANN201
     assert _qemus() == set(), "a QEMU process outlived the test"
 
 
-def test_command_status_and_output_come_back(kernel) -> None:  # noqa: ANN001
+def test_command_status_and_output_come_back(kernel) -> None:
     r = boot(kernel, ["sh", "-c", "echo hello from $(uname -r); exit 3"], timeout=120)
     assert r.returncode == 3
     assert any(line.startswith("hello from 6.12.") for line in r.output), r.output  # the default: Debian's 6.12
 
 
-def test_timeout_is_reported_with_the_console_and_kills_qemu(kernel) -> None:  # noqa: ANN001
+def test_timeout_is_reported_with_the_console_and_kills_qemu(kernel) -> None:
     with pytest.raises(BootError) as ei:
         boot(kernel, ["sh", "-c", "echo started; sleep 600"], timeout=15)
     assert ei.value.timed_out
@@ -53,7 +53,7 @@ def test_missing_kernel_is_a_clear_error() -> None:
         boot("/nonexistent/bzImage", ["true"])
 
 
-def test_kvmffi_vm_exit_codes(kernel) -> None:  # noqa: ANN001
+def test_kvmffi_vm_exit_codes(kernel) -> None:
     run = [sys.executable, "-m", "kvmffi", "vm", "--kernel", str(kernel), "--timeout", "120", "-q", "--"]
     assert subprocess.run(run + ["true"], capture_output=True).returncode == 0
     assert subprocess.run(run + ["sh", "-c", "exit 7"], capture_output=True).returncode == 7

@@ -18,7 +18,7 @@ def test_bindings_match_the_system_headers() -> None:
     assert all(a.startswith(("ioctl ", "struct ", "const ")) for a in r.absent)
 
 
-def test_missing_headers_are_a_clear_error(tmp_path) -> None:  # noqa: ANN001
+def test_missing_headers_are_a_clear_error(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no linux/kvm.h under"):
         check(tmp_path)
 

@@ -121,7 +121,8 @@ def test_every_ioctl_is_checked() -> None:
 
 
 def test_negative_values_are_stored_as_twos_complement() -> None:
-    p = _ffi.new("struct kvm_create_guest_memfd", size=-4096)
-    assert p.size == (1 << 64) - 4096
-    p2 = _ffi.new("struct kvm_userspace_memory_region2", slot=-1)
-    assert p2.slot == 0xFFFFFFFF
+    t = _ffi.ffi.typeof("struct kvm_create_guest_memfd")
+    assert _ffi._fit(t, {"size": -4096})["size"] == (1 << 64) - 4096
+    t2 = _ffi.ffi.typeof("struct kvm_userspace_memory_region2")
+    assert _ffi._fit(t2, {"slot": -1, "guest_memfd": 1 << 40})["slot"] == 0xFFFFFFFF
+    assert _ffi._fit(t2, {"guest_memfd": (1 << 32) + 5})["guest_memfd"] == 5

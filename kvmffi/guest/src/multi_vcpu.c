@@ -5,9 +5,9 @@ GUEST_PARAM uint64_t test_gpa;
 GUEST_PARAM uint64_t chunk_size;
 GUEST_PARAM uint64_t rounds = 16;
 
-void guest_main(void)
+void guest_main(uint64_t vcpu_id)
 {
-	uint64_t id = guest_vcpu_id();
+	uint64_t id = vcpu_id;
 	uint8_t *chunk = (uint8_t *)(test_gpa + id * chunk_size);
 
 	for (uint64_t r = 0; r < rounds; r++) {

@@ -107,9 +107,9 @@ static void test_punch_hole(uint64_t base, uint64_t size, uint64_t vcpu, bool pr
 	convert(base, size, false);
 }
 
-void guest_main(void)
+void guest_main(uint64_t vcpu_id)
 {
-	uint64_t vcpu = guest_vcpu_id();
+	uint64_t vcpu = vcpu_id;
 	uint64_t base = test_gpa + vcpu * per_vcpu_size;
 
 	for (int i = 0; i < (int)(sizeof(ranges) / sizeof(ranges[0])); i++)

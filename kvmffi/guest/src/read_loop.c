@@ -4,7 +4,7 @@
 GUEST_PARAM uint64_t test_gpa;
 GUEST_PARAM uint64_t forever;
 
-void guest_main(void)
+void guest_main(uint64_t vcpu_id)
 {
 	uint64_t v;
 

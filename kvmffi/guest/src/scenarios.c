@@ -24,7 +24,7 @@ GUEST_PARAM uint64_t value;
 
 static volatile uint64_t zero;
 
-void guest_main(void)
+void guest_main(uint64_t vcpu_id)
 {
 	switch (scenario) {
 	case S_PAGE_FAULT:
@@ -57,7 +57,7 @@ void guest_main(void)
 		GUEST_ASSERT_EQ(value, 42);
 		break;
 	case S_PRINTF:
-		GUEST_PRINTF("hello from vcpu %lu: %s %d 0x%lx", guest_vcpu_id(), "value", -7, value);
+		GUEST_PRINTF("hello from vcpu %lu: %s %d 0x%lx", vcpu_id, "value", -7, value);
 		break;
 	case S_CALL_TEST_MEMORY: {
 		uint64_t (*fn)(void) = (uint64_t (*)(void))test_gpa;

@@ -12,7 +12,7 @@ GUEST_PARAM uint64_t host_pattern;
 GUEST_PARAM uint64_t guest_pattern;
 GUEST_PARAM uint64_t punch_check;
 
-void guest_main(void)
+void guest_main(uint64_t vcpu_id)
 {
 	uint8_t *mem = (uint8_t *)test_gpa;
 

@@ -3,7 +3,7 @@
 
 GUEST_PARAM uint64_t iterations = 1000;
 
-void guest_main(void)
+void guest_main(uint64_t vcpu_id)
 {
 	for (uint64_t i = 0; i < iterations; i++)
 		GUEST_SYNC(i);

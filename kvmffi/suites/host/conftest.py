@@ -7,5 +7,5 @@ from kvmffi.pytest_plugin import require_cap
 
 
 @pytest.fixture(autouse=True)
-def _needs_guest_memfd_on_host(kvm) -> None:  # noqa: ANN001
+def _needs_guest_memfd_on_host(kvm) -> None:
     require_cap(Cap.GUEST_MEMFD)

@@ -10,7 +10,6 @@ anon: the guest's memory is anonymous host memory (every kernel).
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import signal
 import sys

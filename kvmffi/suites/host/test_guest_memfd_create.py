@@ -6,8 +6,8 @@ import os
 import pytest
 
 from kvmffi import PAGE_SIZE, Cap, GuestMemfdFlag, Kvm, VmType, errno_of
-from kvmffi.pytest_plugin import require_cap
 from kvmffi.kernels import behaviour
+from kvmffi.pytest_plugin import require_cap
 from kvmffi.testing import expect_answer, expect_errno
 
 SIZE = 4 * PAGE_SIZE
@@ -34,7 +34,7 @@ def test_vm_types_bitmap_is_exact(kvm: Kvm) -> None:
         expect_errno(want, f"KVM_CREATE_VM(type={t}) with VM_TYPES={mask:#x}", kvm.create_vm, t)
 
 
-def test_flags_cap_is_asked_per_vm(vm) -> None:  # noqa: ANN001
+def test_flags_cap_is_asked_per_vm(vm) -> None:
     """Every advertised single flag creates; every other bit 0..63 fails with EINVAL."""
     advertised = vm.check_extension(Cap.GUEST_MEMFD_FLAGS)
     for bit in range(64):
@@ -44,7 +44,7 @@ def test_flags_cap_is_asked_per_vm(vm) -> None:  # noqa: ANN001
                      vm.create_guest_memfd, SIZE, f)
 
 
-def test_init_shared_implies_mmap(vm) -> None:  # noqa: ANN001
+def test_init_shared_implies_mmap(vm) -> None:
     flags = GuestMemfdFlag(vm.check_extension(Cap.GUEST_MEMFD_FLAGS))
     if flags & GuestMemfdFlag.INIT_SHARED:
         assert flags & GuestMemfdFlag.MMAP, f"INIT_SHARED advertised without MMAP: {flags}"
@@ -53,7 +53,7 @@ def test_init_shared_implies_mmap(vm) -> None:  # noqa: ANN001
 
 
 @pytest.mark.vm_types(VmType.DEFAULT)
-def test_default_vm_advertises_mmap_and_init_shared(vm) -> None:  # noqa: ANN001
+def test_default_vm_advertises_mmap_and_init_shared(vm) -> None:
     """A DEFAULT x86 VM holds only shared memory: it advertises MMAP and INIT_SHARED (6.18, 7.3;
     a later kernel may offer more flags)."""
     require_cap(Cap.GUEST_MEMFD_FLAGS)
@@ -62,7 +62,7 @@ def test_default_vm_advertises_mmap_and_init_shared(vm) -> None:  # noqa: ANN001
 
 
 
-def test_combined_flags_create(vm, gmem_flags) -> None:  # noqa: ANN001
+def test_combined_flags_create(vm, gmem_flags) -> None:
     """Every combination of advertised flags creates a guest_memfd.
 
     The kernel's answer for INIT_SHARED without MMAP on this kernel: accepted too
@@ -72,7 +72,7 @@ def test_combined_flags_create(vm, gmem_flags) -> None:  # noqa: ANN001
         assert g.stat().st_size == SIZE
 
 
-def test_unaligned_sizes_fail(vm, gmem_flags) -> None:  # noqa: ANN001
+def test_unaligned_sizes_fail(vm, gmem_flags) -> None:
     for size in range(1, PAGE_SIZE):
         expect_errno(errno.EINVAL, f"guest_memfd() with non-page-aligned size {size:#x} flags {gmem_flags}",
                      vm.create_guest_memfd, size, gmem_flags)
@@ -80,23 +80,23 @@ def test_unaligned_sizes_fail(vm, gmem_flags) -> None:  # noqa: ANN001
         expect_errno(errno.EINVAL, f"guest_memfd() with size {size:#x}", vm.create_guest_memfd, size, gmem_flags)
 
 
-def test_zero_size_fails(vm, gmem_flags) -> None:  # noqa: ANN001
+def test_zero_size_fails(vm, gmem_flags) -> None:
     expect_errno(errno.EINVAL, "guest_memfd() with size 0", vm.create_guest_memfd, 0, gmem_flags)
 
 
-def test_negative_size_fails(vm) -> None:  # noqa: ANN001
+def test_negative_size_fails(vm) -> None:
     """size is a u64 but must fit loff_t: -4096 (0xfffffffffffff000) is refused."""
     expect_errno(errno.EINVAL, "guest_memfd() with size -4096", vm.create_guest_memfd, -PAGE_SIZE)
 
 
-def test_huge_size_is_lazy(vm) -> None:  # noqa: ANN001
+def test_huge_size_is_lazy(vm) -> None:
     """The kernel's answer: a 4 EiB guest_memfd is created (nothing is allocated up front)."""
     with vm.create_guest_memfd(1 << 62) as g:
         assert g.stat().st_size == 1 << 62
 
 
 @pytest.mark.parametrize("index", range(6))
-def test_nonzero_reserved(vm, index: int) -> None:  # noqa: ANN001
+def test_nonzero_reserved(vm, index: int) -> None:
     """CHECKLIST 8: kernels through 7.3 do not check kvm_create_guest_memfd.reserved[] (created);
     one that starts checking it answers EINVAL (kvmffi.kernels: gmem_reserved_nonzero)."""
     reserved = tuple(1 if i == index else 0 for i in range(6))
@@ -104,7 +104,7 @@ def test_nonzero_reserved(vm, index: int) -> None:  # noqa: ANN001
                   vm.create_guest_memfd, SIZE, 0, reserved)
 
 
-def test_two_guest_memfds_are_independent(vm, gmem_factory) -> None:  # noqa: ANN001
+def test_two_guest_memfds_are_independent(vm, gmem_factory) -> None:
     a = gmem_factory(vm, SIZE)
     b = gmem_factory(vm, 2 * SIZE)
     sa, sb = a.stat(), b.stat()
@@ -112,14 +112,14 @@ def test_two_guest_memfds_are_independent(vm, gmem_factory) -> None:  # noqa: AN
     assert sa.st_ino != sb.st_ino
 
 
-def test_fstat(vm, gmem_factory, gmem_flags) -> None:  # noqa: ANN001
+def test_fstat(vm, gmem_factory, gmem_flags) -> None:
     g = gmem_factory(vm, SIZE, gmem_flags)
     st = g.stat()
     assert st.st_size == SIZE
     assert st.st_blksize == PAGE_SIZE
 
 
-def test_read_write_fail(vm, gmem_factory, gmem_flags) -> None:  # noqa: ANN001
+def test_read_write_fail(vm, gmem_factory, gmem_flags) -> None:
     """No read/write file operations, whatever the flags: read/write give EINVAL, pread/pwrite ESPIPE
     (not seekable). Measured: 6.12, 6.18, 7.3."""
     fd = gmem_factory(vm, SIZE, gmem_flags).fileno()
@@ -130,14 +130,14 @@ def test_read_write_fail(vm, gmem_factory, gmem_flags) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("new_size", [0, PAGE_SIZE, 8 * PAGE_SIZE])
-def test_not_resizable(vm, gmem_factory, new_size: int) -> None:  # noqa: ANN001
+def test_not_resizable(vm, gmem_factory, new_size: int) -> None:
     """CHECKLIST 12 (verify): ftruncate fails with EINVAL for shrink, same size and grow alike."""
     g = gmem_factory(vm, 4 * PAGE_SIZE)
     expect_errno(errno.EINVAL, f"ftruncate(guest_memfd, {new_size:#x})", os.ftruncate, g.fileno(), new_size)
     assert g.stat().st_size == 4 * PAGE_SIZE
 
 
-def test_close_is_idempotent_and_fd_is_released(vm) -> None:  # noqa: ANN001
+def test_close_is_idempotent_and_fd_is_released(vm) -> None:
     g = vm.create_guest_memfd(SIZE)
     fd = g.fileno()
     g.close()
@@ -147,7 +147,7 @@ def test_close_is_idempotent_and_fd_is_released(vm) -> None:  # noqa: ANN001
         g.fileno()
 
 
-def test_guest_memfd_outlives_its_vm(kvm: Kvm, vm_type) -> None:  # noqa: ANN001
+def test_guest_memfd_outlives_its_vm(kvm: Kvm, vm_type) -> None:
     """The guest_memfd pins the VM: fallocate and punch work after the VM fd is closed (CHECKLIST 17)."""
     vm = kvm.create_vm(vm_type)
     g = vm.create_guest_memfd(SIZE)

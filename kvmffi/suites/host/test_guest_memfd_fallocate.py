@@ -12,26 +12,26 @@ SIZE = 4 * PAGE_SIZE
 
 
 @pytest.fixture
-def gmem(vm, gmem_factory, gmem_flags):  # noqa: ANN001, ANN201
+def gmem(vm, gmem_factory, gmem_flags):
     return gmem_factory(vm, SIZE, gmem_flags)
 
 
-def test_allocate_whole_file(gmem) -> None:  # noqa: ANN001
+def test_allocate_whole_file(gmem) -> None:
     gmem.allocate(0, SIZE)
 
 
-def test_allocate_at_and_beyond_size_fails(gmem) -> None:  # noqa: ANN001
+def test_allocate_at_and_beyond_size_fails(gmem) -> None:
     expect_errno(errno.EINVAL, "fallocate at offset == size", gmem.allocate, SIZE, PAGE_SIZE)
     expect_errno(errno.EINVAL, "fallocate beyond size", gmem.allocate, SIZE + PAGE_SIZE, PAGE_SIZE)
     expect_errno(errno.EINVAL, "fallocate straddling size", gmem.allocate, 0, SIZE + PAGE_SIZE)
 
 
-def test_allocate_needs_keep_size(gmem) -> None:  # noqa: ANN001
+def test_allocate_needs_keep_size(gmem) -> None:
     """guest_memfd cannot grow: fallocate without FALLOC_FL_KEEP_SIZE is EOPNOTSUPP."""
     expect_errno(errno.EOPNOTSUPP, "fallocate(mode=0)", gmem.fallocate, 0, 0, PAGE_SIZE)
 
 
-def test_punch_hole_at_and_beyond_size_is_noop(gmem) -> None:  # noqa: ANN001
+def test_punch_hole_at_and_beyond_size_is_noop(gmem) -> None:
     gmem.punch_hole(SIZE, PAGE_SIZE)
     gmem.punch_hole(SIZE + PAGE_SIZE, PAGE_SIZE)
     gmem.punch_hole(PAGE_SIZE, 1 << 30)
@@ -43,12 +43,12 @@ UNALIGNED = [(0, 1), (0, PAGE_SIZE - 1), (0, PAGE_SIZE + 1), (1, 1), (1, PAGE_SI
 
 
 @pytest.mark.parametrize("offset,length", UNALIGNED, ids=[f"{o:#x}+{n:#x}" for o, n in UNALIGNED])
-def test_unaligned_punch_hole_and_allocate_fail(gmem, offset: int, length: int) -> None:  # noqa: ANN001
+def test_unaligned_punch_hole_and_allocate_fail(gmem, offset: int, length: int) -> None:
     expect_errno(errno.EINVAL, f"PUNCH_HOLE at offset {offset:#x} len {length:#x}", gmem.punch_hole, offset, length)
     expect_errno(errno.EINVAL, f"fallocate at offset {offset:#x} len {length:#x}", gmem.allocate, offset, length)
 
 
-def test_punch_then_reallocate(gmem) -> None:  # noqa: ANN001
+def test_punch_then_reallocate(gmem) -> None:
     gmem.allocate(0, SIZE)
     gmem.punch_hole(0, PAGE_SIZE)
     gmem.allocate(0, PAGE_SIZE)
@@ -56,7 +56,7 @@ def test_punch_then_reallocate(gmem) -> None:  # noqa: ANN001
     gmem.allocate(0, SIZE)
 
 
-def test_unknown_mode_bits_fail(gmem) -> None:  # noqa: ANN001
+def test_unknown_mode_bits_fail(gmem) -> None:
     """Only KEEP_SIZE and PUNCH_HOLE: COLLAPSE_RANGE (0x08), ZERO_RANGE (0x10) etc. are EOPNOTSUPP."""
     for mode in (0x08, 0x10, 0x20, 0x40):
         expect_errno(errno.EOPNOTSUPP, f"fallocate(mode={mode:#x})", gmem.fallocate,
@@ -72,7 +72,7 @@ def _unevictable_kib() -> int:
     raise AssertionError("no Unevictable line in /proc/meminfo")
 
 
-def test_allocate_and_punch_hole_move_real_memory(vm, gmem_factory, gmem_flags) -> None:  # noqa: ANN001
+def test_allocate_and_punch_hole_move_real_memory(vm, gmem_factory, gmem_flags) -> None:
     """Allocating 64 MiB takes that much unevictable memory; punching it gives it back.
 
     st_blocks cannot tell: kernels through 7.3 do not account guest_memfd pages in i_blocks

@@ -4,10 +4,11 @@ import errno
 import mmap
 import os
 import signal
+from functools import partial
 
 import pytest
 
-from kvmffi import PAGE_SIZE, Cap, GuestMemfdFlag, KvmError
+from kvmffi import PAGE_SIZE, GuestMemfdFlag, KvmError
 from kvmffi.errors import HostMemoryFault
 from kvmffi.hints import require_gmem_flags
 from kvmffi.pytest_plugin import skip_missing
@@ -28,7 +29,7 @@ def need_guard() -> None:
                      "guest memory directly, and a bad page would be SIGBUS (the kvmffi test kernels have it)")
 
 
-def test_mmap_without_mmap_flag_fails(vm, gmem_factory) -> None:  # noqa: ANN001
+def test_mmap_without_mmap_flag_fails(vm, gmem_factory) -> None:
     """Without GUEST_MEMFD_FLAG_MMAP: mmap of one page and of the whole file fail with ENODEV."""
     g = gmem_factory(vm, SIZE, 0)
     for length in (PAGE_SIZE, SIZE):
@@ -38,7 +39,7 @@ def test_mmap_without_mmap_flag_fails(vm, gmem_factory) -> None:  # noqa: ANN001
 
 
 @pytest.mark.needs_gmem_flags(MMAP)
-def test_map_private_fails(vm, gmem_factory) -> None:  # noqa: ANN001
+def test_map_private_fails(vm, gmem_factory) -> None:
     """guest_memfd has no copy-on-write: MAP_PRIVATE is EINVAL, for every advertised flag set with MMAP."""
     need_flags(vm, MMAP)
     have = vm.guest_memfd_flags()
@@ -52,7 +53,7 @@ def test_map_private_fails(vm, gmem_factory) -> None:  # noqa: ANN001
 
 
 @pytest.mark.needs_gmem_flags(SHARED)
-def test_init_shared_write_read_punch(vm, gmem_factory) -> None:  # noqa: ANN001
+def test_init_shared_write_read_punch(vm, gmem_factory) -> None:
     """Write/read back the whole mapping; PUNCH_HOLE of page 0 reads back zeros, the rest intact."""
     need_flags(vm, SHARED)
     g = gmem_factory(vm, SIZE, SHARED)
@@ -68,7 +69,7 @@ def test_init_shared_write_read_punch(vm, gmem_factory) -> None:  # noqa: ANN001
 
 
 @pytest.mark.needs_gmem_flags(SHARED)
-def test_data_survives_unmap_and_remap(vm, gmem_factory) -> None:  # noqa: ANN001
+def test_data_survives_unmap_and_remap(vm, gmem_factory) -> None:
     need_flags(vm, SHARED)
     g = gmem_factory(vm, SIZE, SHARED)
     with g.mmap() as m:
@@ -81,19 +82,19 @@ def test_data_survives_unmap_and_remap(vm, gmem_factory) -> None:  # noqa: ANN00
 
 @pytest.mark.needs_gmem_flags(MMAP)
 @pytest.mark.parametrize("write", [False, True], ids=["read", "write"])
-def test_mmap_without_init_shared_sigbus(vm, gmem_factory, write: bool) -> None:  # noqa: ANN001
+def test_mmap_without_init_shared_sigbus(vm, gmem_factory, write: bool) -> None:
     """MMAP without INIT_SHARED: memory starts private, so any host access is SIGBUS."""
     need_flags(vm, MMAP)
     g = gmem_factory(vm, SIZE, MMAP)
     with g.mmap() as m:
         for off in (0, SIZE - 1):
-            r = run_in_child(lambda: touch(m, off, write))
+            r = run_in_child(partial(touch, m, off, write))
             assert r.signal == signal.SIGBUS, f"{'write' if write else 'read'} at {off:#x}: child {r}"
 
 
 @pytest.mark.needs_gmem_flags(SHARED)
 @pytest.mark.parametrize("write", [False, True], ids=["read", "write"])
-def test_access_past_eof_sigbus(vm, gmem_factory, write: bool) -> None:  # noqa: ANN001
+def test_access_past_eof_sigbus(vm, gmem_factory, write: bool) -> None:
     """A mapping longer than the file: below EOF works, reads and writes at and after EOF are SIGBUS,
     and the file's bytes are untouched (guest_memfd_test's test_fault_overflow)."""
     need_flags(vm, SHARED)
@@ -101,7 +102,7 @@ def test_access_past_eof_sigbus(vm, gmem_factory, write: bool) -> None:  # noqa:
     with g.mmap(4 * SIZE) as m:
         m[:SIZE] = b"\xaa" * SIZE
         for off in (SIZE, SIZE + PAGE_SIZE, 4 * SIZE - 1):
-            r = run_in_child(lambda: touch(m, off, write))
+            r = run_in_child(partial(touch, m, off, write))
             assert r.signal == signal.SIGBUS, f"{'write' if write else 'read'} at {off:#x} past EOF {SIZE:#x}: child {r}"
         assert run_in_child(lambda: touch(m, SIZE - 1, write)).exitcode == 0
         assert m[:SIZE - 1] == b"\xaa" * (SIZE - 1)
@@ -111,7 +112,7 @@ MADV_COLLAPSE = 25
 
 
 @pytest.mark.needs_gmem_flags(SHARED)
-def test_madvise(vm, gmem_factory) -> None:  # noqa: ANN001
+def test_madvise(vm, gmem_factory) -> None:
     """MADV_HUGEPAGE succeeds, MADV_COLLAPSE is EINVAL, MADV_DONTNEED keeps the data (file-backed)."""
     need_flags(vm, SHARED)
     g = gmem_factory(vm, SIZE, SHARED)
@@ -136,7 +137,7 @@ def _numa_nodes() -> list[int]:
 @pytest.mark.numa
 @pytest.mark.needs_gmem_flags(SHARED)
 @pytest.mark.parametrize("policy", ["interleave", "bind", "default", "invalid"])
-def test_numa_mbind_round_trip(vm, gmem_factory, policy: str) -> None:  # noqa: ANN001
+def test_numa_mbind_round_trip(vm, gmem_factory, policy: str) -> None:
     """CHECKLIST 24: mbind on a guest_memfd mapping round-trips through get_mempolicy (>= 2 NUMA nodes)."""
     nodes = _numa_nodes()
     if len(nodes) < 2:
@@ -159,7 +160,7 @@ def test_numa_mbind_round_trip(vm, gmem_factory, policy: str) -> None:  # noqa: 
 
 @pytest.mark.numa
 @pytest.mark.needs_gmem_flags(SHARED)
-def test_numa_policy_decides_node(vm, gmem_factory) -> None:  # noqa: ANN001
+def test_numa_policy_decides_node(vm, gmem_factory) -> None:
     """CHECKLIST 25: a BIND policy set before allocation decides where each page lands; one set after
     allocation moves nothing until the pages are punched and allocated again (>= 2 NUMA nodes)."""
     nodes = _numa_nodes()
@@ -192,7 +193,7 @@ def test_numa_policy_decides_node(vm, gmem_factory) -> None:  # noqa: ANN001
 
 
 @pytest.mark.needs_gmem_flags(MMAP)
-def test_host_access_to_private_memory_raises_instead_of_killing(vm, gmem_factory) -> None:  # noqa: ANN001
+def test_host_access_to_private_memory_raises_instead_of_killing(vm, gmem_factory) -> None:
     """CHECKLIST 77: the host touching private guest_memfd memory through kvmffi's mapping gets
     HostMemoryFault (EFAULT, with the offset) and the test process lives on; the same access done
     directly is SIGBUS (the test above, in a child)."""
@@ -210,7 +211,7 @@ def test_host_access_to_private_memory_raises_instead_of_killing(vm, gmem_factor
 
 
 @pytest.mark.needs_gmem_flags(SHARED)
-def test_guarded_access_stops_at_eof(vm, gmem_factory) -> None:  # noqa: ANN001
+def test_guarded_access_stops_at_eof(vm, gmem_factory) -> None:
     """A write straddling the end of the file lands below EOF and faults at EOF exactly."""
     need_guard()
     need_flags(vm, SHARED)

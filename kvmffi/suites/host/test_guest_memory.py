@@ -28,20 +28,20 @@ def share_test_memory(kvm: Kvm, vm_type: VmType, backing: str) -> None:
 
 
 @pytest.mark.parametrize("backing", ["anon", "memfd", "thp", "gmem"])
-def test_host_and_guest_share_test_memory(kvm: Kvm, vm_type, backing: str) -> None:  # noqa: ANN001
+def test_host_and_guest_share_test_memory(kvm: Kvm, vm_type, backing: str) -> None:
     """Host writes, the guest reads it at 4 GiB and writes back, the host sees the guest's writes."""
     share_test_memory(kvm, vm_type, backing)
 
 
 @pytest.mark.needs_gmem_flags(SHARED)
-def test_host_and_guest_share_guest_memfd_in_place(kvm: Kvm, vm_type) -> None:  # noqa: ANN001
+def test_host_and_guest_share_guest_memfd_in_place(kvm: Kvm, vm_type) -> None:
     """The same through guest_memfd's own mapping (MMAP|INIT_SHARED) as the slot's shared memory."""
     share_test_memory(kvm, vm_type, "gmem-mmap")
 
 
 @pytest.mark.needs_gmem_flags(SHARED)
 @pytest.mark.kernel_bug("pvm_gmem_only_slot_not_served")
-def test_guest_memfd_in_place_with_no_userspace_addr(kvm: Kvm, vm_type) -> None:  # noqa: ANN001
+def test_guest_memfd_in_place_with_no_userspace_addr(kvm: Kvm, vm_type) -> None:
     """CHECKLIST 26: slot != 0 at 4 GiB with userspace_addr = 0; a fresh mapping sees the guest's writes.
 
     KVM serves such a "guest_memfd only" slot (MMAP|INIT_SHARED) from the file itself
@@ -64,14 +64,14 @@ def test_guest_memfd_in_place_with_no_userspace_addr(kvm: Kvm, vm_type) -> None:
 
 @pytest.mark.needs_gmem_flags(SHARED)
 @pytest.mark.parametrize("backing", ["gmem-mmap"])
-def test_punched_page_reads_zero_in_guest(kvm: Kvm, vm_type, backing: str) -> None:  # noqa: ANN001
+def test_punched_page_reads_zero_in_guest(kvm: Kvm, vm_type, backing: str) -> None:
     """PUNCH_HOLE of page 0 while the guest has it mapped: the guest reads zeros, the rest is intact."""
     with TestVm("shared_mem", kvm=kvm, vm_type=vm_type) as t:
         mem = t.add_memory(TEST_GPA, SIZE, backing)
         prepare_shared_mem(t, mem, punch_check=True)
         stages = []
 
-        def on_sync(vcpu, args) -> None:  # noqa: ANN001
+        def on_sync(vcpu, args) -> None:
             stages.append(args[0])
             if args[0] == 1:
                 assert check_marks(mem.host, 0, SIZE, GUEST_PATTERN) == -1
@@ -86,7 +86,7 @@ def test_punched_page_reads_zero_in_guest(kvm: Kvm, vm_type, backing: str) -> No
 
 @pytest.mark.needs_gmem_flags(SHARED)
 @pytest.mark.parametrize("nr_vcpus", [2, 4])
-def test_vcpus_on_disjoint_ranges(kvm: Kvm, vm_type, nr_vcpus: int) -> None:  # noqa: ANN001
+def test_vcpus_on_disjoint_ranges(kvm: Kvm, vm_type, nr_vcpus: int) -> None:
     chunk = 1 << 20
     with TestVm("multi_vcpu", kvm=kvm, vm_type=vm_type, nr_vcpus=nr_vcpus) as t:
         mem = t.add_memory(TEST_GPA, nr_vcpus * chunk, "gmem-mmap")

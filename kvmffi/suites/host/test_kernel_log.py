@@ -26,7 +26,7 @@ def need_lkdtm() -> None:
 
 
 @pytest.mark.kernel_splat("WARNING")
-def test_lkdtm_warning_is_seen(kernel_log) -> None:  # noqa: ANN001
+def test_lkdtm_warning_is_seen(kernel_log) -> None:
     need_lkdtm()
     provoke("WARNING")
     splats = kernel_log.splats()
@@ -38,7 +38,7 @@ INNER = '''
 import os, pytest
 
 def provoke(what):
-    with open("%s", "w") as f:
+    with open("LKDTM", "w") as f:
         f.write(what)
 
 def test_warns_unexpectedly():
@@ -52,7 +52,7 @@ def test_warns_as_expected(kernel_log):
 @pytest.mark.kernel_splat("BUG")
 def test_warns_but_expects_another_kind():
     provoke("WARNING")
-''' % LKDTM
+'''.replace("LKDTM", LKDTM)
 
 USERSPACE = '''
 import os

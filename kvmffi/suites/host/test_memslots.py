@@ -19,22 +19,22 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def gmem(vm, gmem_factory):  # noqa: ANN001, ANN201
+def gmem(vm, gmem_factory):
     return gmem_factory(vm, 4 * MiB)
 
 
 @pytest.fixture
-def host_mem():  # noqa: ANN201
+def host_mem():
     with memory.anonymous(4 * MiB) as m:
         yield m
 
 
-def test_guest_memfd_flag_on_legacy_ioctl_fails(vm: Vm, host_mem) -> None:  # noqa: ANN001
+def test_guest_memfd_flag_on_legacy_ioctl_fails(vm: Vm, host_mem) -> None:
     expect_errno(errno.EINVAL, "KVM_SET_USER_MEMORY_REGION with KVM_MEM_GUEST_MEMFD",
                  vm.set_user_memory_region, 0, TEST_GPA, TEST_SIZE, host_mem.addr, GMEM)
 
 
-def test_unknown_flag_bits_fail_on_both_ioctls(vm: Vm, host_mem) -> None:  # noqa: ANN001
+def test_unknown_flag_bits_fail_on_both_ioctls(vm: Vm, host_mem) -> None:
     """Flag bits no kernel through 7.3 defines are EINVAL (kvmffi.kernels: memslot_flag_bits_3_31)."""
     b = behaviour("memslot_flag_bits_3_31")
     for bit in range(3, 32):
@@ -46,7 +46,7 @@ def test_unknown_flag_bits_fail_on_both_ioctls(vm: Vm, host_mem) -> None:  # noq
                 vm.delete_memslot(0)
 
 
-def test_wrong_fds_fail(vm: Vm, host_mem) -> None:  # noqa: ANN001
+def test_wrong_fds_fail(vm: Vm, host_mem) -> None:
     """The guest_memfd fd must be this VM's guest_memfd (CHECKLIST 28); a closed fd is EBADF."""
     with not_this_vms_guest_memfds(vm, TEST_SIZE) as fds:
         for what, fd in fds:
@@ -60,13 +60,13 @@ def test_wrong_fds_fail(vm: Vm, host_mem) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("offset", [1, 0x80, PAGE_SIZE - 1, PAGE_SIZE + 1])
-def test_unaligned_gmem_offset_fails(vm: Vm, gmem, host_mem, offset: int) -> None:  # noqa: ANN001
+def test_unaligned_gmem_offset_fails(vm: Vm, gmem, host_mem, offset: int) -> None:
     expect_errno(errno.EINVAL, f"guest_memfd_offset {offset:#x}",
                  vm.set_user_memory_region2, 0, TEST_GPA, PAGE_SIZE, host_mem.addr, GMEM, gmem, offset)
 
 
 @pytest.mark.parametrize("offset,size", [(PAGE_SIZE, 4 * MiB), (4 * MiB, PAGE_SIZE), (4 * MiB - PAGE_SIZE, 2 * PAGE_SIZE)])
-def test_binding_beyond_gmem_size_fails(vm: Vm, gmem, host_mem, offset: int, size: int) -> None:  # noqa: ANN001
+def test_binding_beyond_gmem_size_fails(vm: Vm, gmem, host_mem, offset: int, size: int) -> None:
     """CHECKLIST 30 (verify): offset + size > i_size is EINVAL (the kernel's answer)."""
     expect_errno(errno.EINVAL, f"binding [{offset:#x}, {offset + size:#x}) of a 4 MiB guest_memfd",
                  vm.set_user_memory_region2, 0, TEST_GPA, size, host_mem.addr, GMEM, gmem, offset)
@@ -80,7 +80,7 @@ U64_TOP_PAGE = (1 << 64) - PAGE_SIZE
 
 
 @pytest.mark.kernel_bug("gmem_bind_offset_overflow")
-def test_binding_at_int64_max_offset_fails(vm: Vm, gmem) -> None:  # noqa: ANN001
+def test_binding_at_int64_max_offset_fails(vm: Vm, gmem) -> None:
     """A binding at guest_memfd offset ALIGN_DOWN(INT64_MAX, page), whose end overflows a signed
     offset, is EINVAL (6.12, 7.3; the 7.3 selftest asserts it). Kernels that did the range check in
     signed arithmetic accept it (measured: 6.18): a known bug, fixed by 7.2."""
@@ -89,13 +89,13 @@ def test_binding_at_int64_max_offset_fails(vm: Vm, gmem) -> None:  # noqa: ANN00
     assert vm.memslots == {}
 
 
-def test_binding_at_wrapping_offset_fails(vm: Vm, gmem) -> None:  # noqa: ANN001
+def test_binding_at_wrapping_offset_fails(vm: Vm, gmem) -> None:
     """offset + size wrapping around 2^64 is EINVAL (the memslot sanity check, before any binding)."""
     expect_errno(errno.EINVAL, f"binding 4 pages at guest_memfd offset {U64_TOP_PAGE:#x}",
                  vm.set_user_memory_region2, 0, 0, 4 * PAGE_SIZE, 0, GMEM, gmem, U64_TOP_PAGE)
 
 
-def test_overlapping_gmem_ranges_with_disjoint_gpas(vm: Vm, gmem, host_mem) -> None:  # noqa: ANN001
+def test_overlapping_gmem_ranges_with_disjoint_gpas(vm: Vm, gmem, host_mem) -> None:
     """CHECKLIST 31, cause 1: a second slot binding an already-bound gmem range is refused, whether
     the overlap is total or partial: EINVAL through 6.18, EEXIST from 7.2 on (kvmffi.kernels:
     gmem_range_already_bound)."""
@@ -108,7 +108,7 @@ def test_overlapping_gmem_ranges_with_disjoint_gpas(vm: Vm, gmem, host_mem) -> N
     assert sorted(vm.memslots) == [0]
 
 
-def test_overlapping_gpas_with_disjoint_gmem_ranges(vm: Vm, gmem, host_mem) -> None:  # noqa: ANN001
+def test_overlapping_gpas_with_disjoint_gmem_ranges(vm: Vm, gmem, host_mem) -> None:
     """CHECKLIST 31, cause 2: overlapping GPAs are EEXIST (the memslot check), gmem ranges disjoint."""
     vm.set_user_memory_region2(0, TEST_GPA, MiB, host_mem.addr, GMEM, gmem, 0)
     expect_errno(errno.EEXIST, "same GPA, disjoint gmem range",
@@ -117,7 +117,7 @@ def test_overlapping_gpas_with_disjoint_gmem_ranges(vm: Vm, gmem, host_mem) -> N
                  vm.set_user_memory_region2, 1, TEST_GPA + MiB - PAGE_SIZE, MiB, host_mem.addr + MiB, GMEM, gmem, MiB)
 
 
-def test_non_overlapping_bindings_and_rebind_after_delete(vm: Vm, gmem, host_mem) -> None:  # noqa: ANN001
+def test_non_overlapping_bindings_and_rebind_after_delete(vm: Vm, gmem, host_mem) -> None:
     vm.set_user_memory_region2(0, TEST_GPA, MiB, host_mem.addr, GMEM, gmem, 0)
     vm.set_user_memory_region2(1, TEST_GPA + MiB, MiB, host_mem.addr + MiB, GMEM, gmem, MiB)
     vm.delete_memslot(0)
@@ -129,7 +129,7 @@ def test_non_overlapping_bindings_and_rebind_after_delete(vm: Vm, gmem, host_mem
 
 
 @pytest.mark.parametrize("flag", [MemslotFlag.LOG_DIRTY_PAGES, MemslotFlag.READONLY], ids=lambda f: f.name)
-def test_guest_memfd_with_dirty_log_or_readonly_fails(vm: Vm, gmem, host_mem, flag: MemslotFlag) -> None:  # noqa: ANN001
+def test_guest_memfd_with_dirty_log_or_readonly_fails(vm: Vm, gmem, host_mem, flag: MemslotFlag) -> None:
     """CHECKLIST 32, 33: LOG_DIRTY_PAGES or READONLY with GUEST_MEMFD is EINVAL."""
     expect_errno(errno.EINVAL, f"KVM_MEM_GUEST_MEMFD|{flag.name}",
                  vm.set_user_memory_region2, 0, TEST_GPA, MiB, host_mem.addr, GMEM | flag, gmem, 0)
@@ -137,7 +137,7 @@ def test_guest_memfd_with_dirty_log_or_readonly_fails(vm: Vm, gmem, host_mem, fl
     vm.set_user_memory_region2(0, TEST_GPA, MiB, host_mem.addr, flag)
 
 
-def test_guest_memfd_ness_cannot_change(vm: Vm, gmem, host_mem) -> None:  # noqa: ANN001
+def test_guest_memfd_ness_cannot_change(vm: Vm, gmem, host_mem) -> None:
     """CHECKLIST 34: flipping KVM_MEM_GUEST_MEMFD on an existing slot is EINVAL, both ways."""
     vm.set_user_memory_region2(0, TEST_GPA, MiB, host_mem.addr, GMEM, gmem, 0)
     expect_errno(errno.EINVAL, "dropping GUEST_MEMFD from slot 0",
@@ -162,7 +162,7 @@ def test_max_memslots(kvm: Kvm, vm: Vm) -> None:
         vm.close()  # before the page goes away
 
 
-def test_set_memory_region_validation(vm: Vm, host_mem) -> None:  # noqa: ANN001
+def test_set_memory_region_validation(vm: Vm, host_mem) -> None:
     """Classic checks that still hold for REGION2: unaligned GPA, size, hva."""
     expect_errno(errno.EINVAL, "unaligned gpa", vm.set_user_memory_region2, 0, TEST_GPA + 1, MiB, host_mem.addr)
     expect_errno(errno.EINVAL, "unaligned size", vm.set_user_memory_region2, 0, TEST_GPA, MiB + 1, host_mem.addr)

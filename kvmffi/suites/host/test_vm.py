@@ -2,8 +2,7 @@
 
 import errno
 
-from kvmffi import memory
-from kvmffi import Cap, ExitReason, InternalErrorExit, Kvm, MemoryAttribute, Vm, VmType
+from kvmffi import Cap, ExitReason, InternalErrorExit, Kvm, MemoryAttribute, Vm, VmType, memory
 from kvmffi.testing import expect_errno
 
 KVM_INTERNAL_ERROR_EMULATION = 1

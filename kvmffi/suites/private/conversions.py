@@ -5,10 +5,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from kvmffi import Cap, HypercallExit, MapGpaAttr, MemoryAttribute, Vm
+from kvmffi import Cap, HypercallExit, HypercallNr, MapGpaAttr, MemoryAttribute, Vm
 from kvmffi.testvm import TEST_GPA, TestMemory, TestVm, check_marks, fill_marks
 
-SYNC_CHECK_SHARED, SYNC_CONVERT, SYNC_PUNCH, SYNC_RANGE_DONE = 1, 2, 3, 4
 MiB = 1 << 20
 PER_VCPU = 4 * MiB
 
@@ -25,6 +24,9 @@ class Converter:
         self.ranges_done: dict[int, list[int]] = {}
         self.conversions = 0
         self.hypercalls: list[tuple[int, tuple[int, ...], bool]] = []
+        # the guest's stage numbers, as private_conversions.c defines them
+        self.check_shared, self.convert_stage, self.punch, self.range_done = (
+            tvm.const(n) for n in ("SYNC_CHECK_SHARED", "SYNC_CONVERT", "SYNC_PUNCH", "SYNC_RANGE_DONE"))
 
     def _pieces(self, gpa: int, size: int) -> list[tuple[TestMemory, int, int]]:
         out = []
@@ -50,7 +52,7 @@ class Converter:
 
     def on_sync(self, vcpu: Any, args: tuple[int, ...]) -> None:
         stage = args[0]
-        if stage == SYNC_CHECK_SHARED:
+        if stage == self.check_shared:
             gpa, size, pattern, new = args[1:5]
             for r, off, n in self._pieces(gpa, size):
                 bad = check_marks(r.host, off, n, pattern)
@@ -58,20 +60,20 @@ class Converter:
                                    f"{pattern:#x} (private writes must be invisible to it)")
                 if new:
                     fill_marks(r.host, off, n, new)  # the guest reads it back after the sync
-        elif stage == SYNC_CONVERT:
+        elif stage == self.convert_stage:
             self.convert(args[1], args[2], bool(args[3]))
-        elif stage == SYNC_PUNCH:
+        elif stage == self.punch:
             for r, off, n in self._pieces(args[1], args[2]):
                 assert r.gmem is not None
                 r.gmem.punch_hole(r.gmem_offset + off, n)
-        elif stage == SYNC_RANGE_DONE:
+        elif stage == self.range_done:
             with self.lock:
                 self.ranges_done.setdefault(vcpu.id, []).append(args[1])
         else:
             raise AssertionError(f"unknown stage {stage}")
 
     def on_exit(self, vcpu: Any, ex: Any) -> bool:
-        if isinstance(ex, HypercallExit) and ex.nr == 12:
+        if isinstance(ex, HypercallExit) and ex.nr == HypercallNr.MAP_GPA_RANGE:
             gpa, npages, attrs = ex.args[0], ex.args[1], ex.args[2]
             with self.lock:
                 self.hypercalls.append((ex.nr, ex.args[:3], ex.longmode))

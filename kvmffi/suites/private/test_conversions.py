@@ -2,8 +2,9 @@
 
 import pytest
 
+from kvmffi import HypercallNr, Kvm
+
 from .conversions import PER_VCPU, run_conversions
-from kvmffi import Kvm
 
 pytestmark = pytest.mark.private
 
@@ -12,13 +13,13 @@ N_RANGES = 5
 
 @pytest.mark.parametrize("fallocate", [False, True], ids=["attributes-only", "fallocate"])
 @pytest.mark.parametrize("via", ["hypercall", "ucall"])
-def test_conversions(kvm: Kvm, vm_type, via: str, fallocate: bool) -> None:  # noqa: ANN001
+def test_conversions(kvm: Kvm, vm_type, via: str, fallocate: bool) -> None:
     """Five range shapes, holes and punch-hole zeroing; the host sets run->hypercall.ret = 0."""
     conv = run_conversions(kvm, vm_type, use_hypercall=via == "hypercall", fallocate=fallocate)
     assert conv.ranges_done == {0: list(range(N_RANGES))}
     if via == "hypercall":
         assert conv.hypercalls, "no KVM_EXIT_HYPERCALL was seen"
-        assert all(nr == 12 and longmode for nr, _, longmode in conv.hypercalls)
+        assert all(nr == HypercallNr.MAP_GPA_RANGE and longmode for nr, _, longmode in conv.hypercalls)
         # the first conversion: range (0, 4K) to private, ENCRYPTED
         assert conv.hypercalls[0][1] == (1 << 32, 1, 1 << 4)
     else:
@@ -26,7 +27,7 @@ def test_conversions(kvm: Kvm, vm_type, via: str, fallocate: bool) -> None:  # n
 
 
 @pytest.mark.parametrize("nr_vcpus,nr_memslots", [(2, 1), (2, 2), (1, 4)])
-def test_conversions_vcpus_and_memslots(kvm: Kvm, vm_type, nr_vcpus: int, nr_memslots: int) -> None:  # noqa: ANN001
+def test_conversions_vcpus_and_memslots(kvm: Kvm, vm_type, nr_vcpus: int, nr_memslots: int) -> None:
     """Several vCPUs convert their own chunks at once; several memslots over one guest_memfd."""
     conv = run_conversions(kvm, vm_type, use_hypercall=True, fallocate=True, nr_vcpus=nr_vcpus,
                            nr_memslots=nr_memslots)
@@ -35,7 +36,7 @@ def test_conversions_vcpus_and_memslots(kvm: Kvm, vm_type, nr_vcpus: int, nr_mem
 
 
 @pytest.mark.parametrize("backing", ["memfd", "thp", "hugetlb"])
-def test_conversions_shared_backing(kvm: Kvm, vm_type, backing: str) -> None:  # noqa: ANN001
+def test_conversions_shared_backing(kvm: Kvm, vm_type, backing: str) -> None:
     """The shared half backed by shmem, THP or 2 MiB hugetlb (CHECKLIST 53)."""
     conv = run_conversions(kvm, vm_type, use_hypercall=True, fallocate=False, shared_backing=backing)
     assert conv.ranges_done == {0: list(range(N_RANGES))}

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.private
 PAGE = 4096
 
 
-def test_private_gpa_in_slot_without_guest_memfd(kvm: Kvm, vm_type) -> None:  # noqa: ANN001
+def test_private_gpa_in_slot_without_guest_memfd(kvm: Kvm, vm_type) -> None:
     """CHECKLIST 42: KVM_RUN -1/EFAULT with KVM_EXIT_MEMORY_FAULT, flags PRIVATE, the page's gpa and size."""
     with TestVm("read_loop", kvm=kvm, vm_type=vm_type) as t:
         t.add_memory(TEST_GPA, 2 << 20, "anon")
@@ -26,7 +26,7 @@ def test_private_gpa_in_slot_without_guest_memfd(kvm: Kvm, vm_type) -> None:  # 
     assert (ex.flags, ex.gpa, ex.size, ex.errno) == (MemoryFaultFlag.PRIVATE, TEST_GPA + 3 * PAGE, PAGE, 14)
 
 
-def test_memslot_deleted_while_guest_reads_private_memory(kvm: Kvm, vm_type) -> None:  # noqa: ANN001
+def test_memslot_deleted_while_guest_reads_private_memory(kvm: Kvm, vm_type) -> None:
     """CHECKLIST 43: delete the guest_memfd slot under a vCPU reading private memory: memory-fault exit."""
     with TestVm("read_loop", kvm=kvm, vm_type=vm_type, timeout=60) as t:
         mem = t.add_memory(TEST_GPA, 2 << 20, "gmem")
@@ -57,7 +57,7 @@ def test_memslot_deleted_while_guest_reads_private_memory(kvm: Kvm, vm_type) -> 
     assert (ex.flags, ex.gpa, ex.size, ex.errno) == (MemoryFaultFlag.PRIVATE, TEST_GPA, PAGE, errno.EFAULT)
 
 
-def test_access_outside_guest_page_tables_faults(kvm: Kvm, vm_type) -> None:  # noqa: ANN001
+def test_access_outside_guest_page_tables_faults(kvm: Kvm, vm_type) -> None:
     """CHECKLIST 54: only mapped pages are reachable: one past the test memory is a guest #PF."""
     with TestVm("read_loop", kvm=kvm, vm_type=vm_type) as t:
         t.add_memory(TEST_GPA, 2 << 20, "gmem")

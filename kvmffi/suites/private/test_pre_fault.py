@@ -23,7 +23,7 @@ PAGE = 4096
 # Not marked private: the DEFAULT VM type runs these too (shared memory).
 
 
-def skip_missing_vm_type(kvm, vm_type: VmType, feature: str | None = None) -> None:  # noqa: ANN001
+def skip_missing_vm_type(kvm, vm_type: VmType, feature: str | None = None) -> None:
     """Skip (fail in strict mode) naming the KVM_CAP_VM_TYPES bit this test needs."""
     from kvmffi.hints import missing_cap_reason
     from kvmffi.pytest_plugin import skip_missing
@@ -32,7 +32,7 @@ def skip_missing_vm_type(kvm, vm_type: VmType, feature: str | None = None) -> No
 
 
 @pytest.fixture(params=["shared", "private"])
-def pf_vm(request, kvm):  # noqa: ANN001, ANN201
+def pf_vm(request, kvm):
     """A TestVm with a 64 MiB slot at 4 GiB: anonymous on DEFAULT, private guest_memfd on SW_PROTECTED."""
     private = request.param == "private"
     vm_type = VmType.SW_PROTECTED if private else VmType.DEFAULT
@@ -49,7 +49,7 @@ def pf_vm(request, kvm):  # noqa: ANN001, ANN201
         yield t
 
 
-def pre_fault_all(vcpu, gpa: int, size: int, timeout: float = 30.0) -> tuple[int, int]:  # noqa: ANN001
+def pre_fault_all(vcpu, gpa: int, size: int, timeout: float = 30.0) -> tuple[int, int]:
     """Loop like the selftest: each call must make progress or fail, never both, never neither.
 
     EINTR (a signal) is retried with what the kernel wrote back; ``timeout`` bounds the
@@ -95,19 +95,19 @@ class Kicker:
         self.thread.join()
 
 
-def recreate(t, mem) -> None:  # noqa: ANN001
+def recreate(t, mem) -> None:
     flags = MemslotFlag.GUEST_MEMFD if mem.gmem is not None else MemslotFlag(0)
     t.vm.delete_memslot(mem.slot)
     t.vm.set_user_memory_region2(mem.slot, mem.gpa, mem.size, mem.host.addr, flags, mem.gmem, 0, keep=mem.host)
 
 
-def test_pre_fault_2m_completes(pf_vm) -> None:  # noqa: ANN001
+def test_pre_fault_2m_completes(pf_vm) -> None:
     """CHECKLIST 55, 60: (gpa, 2M) completes: size comes back 0, gpa advanced by 2 MiB."""
     v = pf_vm.vcpus[0]
     assert pre_fault_all(v, TEST_GPA, 2 * MiB) == (TEST_GPA + 2 * MiB, 0)
 
 
-def test_pre_fault_crossing_slot_end_is_partial_then_enoent(pf_vm) -> None:  # noqa: ANN001
+def test_pre_fault_crossing_slot_end_is_partial_then_enoent(pf_vm) -> None:
     """CHECKLIST 56: a range crossing the end of the slot progresses to the end, then ENOENT with the rest."""
     v = pf_vm.vcpus[0]
     gpa = TEST_GPA + SLOT_SIZE - 2 * MiB
@@ -119,17 +119,17 @@ def test_pre_fault_crossing_slot_end_is_partial_then_enoent(pf_vm) -> None:  # n
 
 @pytest.mark.parametrize("gpa,size,what", [(TEST_GPA, 0, "size 0"), (TEST_GPA + 1, PAGE, "unaligned gpa"),
                                            (TEST_GPA, PAGE + 1, "unaligned size")])
-def test_pre_fault_invalid(pf_vm, gpa: int, size: int, what: str) -> None:  # noqa: ANN001
+def test_pre_fault_invalid(pf_vm, gpa: int, size: int, what: str) -> None:
     """CHECKLIST 57: EINVAL (the kernel's answer for size 0 and unaligned values)."""
     expect_errno(errno.EINVAL, f"KVM_PRE_FAULT_MEMORY with {what}", pf_vm.vcpus[0].pre_fault_memory, gpa, size)
 
 
-def test_pre_fault_unknown_flags(pf_vm) -> None:  # noqa: ANN001
+def test_pre_fault_unknown_flags(pf_vm) -> None:
     expect_errno(errno.EINVAL, "KVM_PRE_FAULT_MEMORY with flags=1", pf_vm.vcpus[0].pre_fault_memory,
                  TEST_GPA, PAGE, 1)
 
 
-def test_pre_fault_with_racing_memslot_delete(pf_vm) -> None:  # noqa: ANN001
+def test_pre_fault_with_racing_memslot_delete(pf_vm) -> None:
     """CHECKLIST 58, 59: while another thread deletes and recreates the slot, pre-faulting converges.
 
     A kicker signals the pre-faulting thread every few ms, as a VMM's timer would: each
@@ -175,7 +175,7 @@ def test_pre_fault_with_racing_memslot_delete(pf_vm) -> None:  # noqa: ANN001
         assert pre_fault_all(v, TEST_GPA, SLOT_SIZE) == (TEST_GPA + SLOT_SIZE, 0)
 
 
-def test_pre_fault_converges_after_memslot_recreate_without_kvm_run(pf_vm, request) -> None:  # noqa: ANN001
+def test_pre_fault_converges_after_memslot_recreate_without_kvm_run(pf_vm, request) -> None:
     """Delete and recreate the slot, then pre-fault without running the vCPU: it should converge.
 
     Linux 6.12 answers differently per slot kind: the private guest_memfd slot converges;
@@ -198,7 +198,7 @@ GUEST_PATTERN = 0x5EED5EED5EED5EED
 
 
 @pytest.mark.parametrize("shape", ["DEFAULT-anon", "SW_PROTECTED-anon", "SW_PROTECTED-private"])
-def test_guest_reads_pre_faulted_memory(kvm, shape: str) -> None:  # noqa: ANN001
+def test_guest_reads_pre_faulted_memory(kvm, shape: str) -> None:
     """pre_fault_memory_test's sequence on a 2 MiB + 4 KiB slot, then the guest reads (zeros) and
     writes every page of it: (gpa, 2M) completes; (gpa+2M, 8K) faults the last page, then ENOENT
     with 4 KiB left; (gpa+2M+4K, 4K) is ENOENT at once. Each VM shape of the selftest: DEFAULT

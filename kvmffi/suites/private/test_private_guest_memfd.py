@@ -2,6 +2,7 @@
 
 import errno
 import signal
+from functools import partial
 
 import pytest
 
@@ -26,11 +27,11 @@ def test_private_vm_offers_no_init_shared(vm: Vm) -> None:
 
 @pytest.mark.needs_gmem_flags(GuestMemfdFlag.MMAP)
 @pytest.mark.parametrize("write", [False, True], ids=["read", "write"])
-def test_private_guest_memfd_mapping_sigbus(vm: Vm, gmem_factory, write: bool) -> None:  # noqa: ANN001
+def test_private_guest_memfd_mapping_sigbus(vm: Vm, gmem_factory, write: bool) -> None:
     """MMAP on a private VM type: the mapping works, any access to the (private) memory is SIGBUS."""
     require_gmem_flags(vm, GuestMemfdFlag.MMAP)
     g = gmem_factory(vm, SIZE, GuestMemfdFlag.MMAP)
     with g.mmap() as m:
         for off in (0, PAGE_SIZE, SIZE - 1):
-            r = run_in_child(lambda: touch(m, off, write))
+            r = run_in_child(partial(touch, m, off, write))
             assert r.signal == signal.SIGBUS, f"{'write' if write else 'read'} at {off:#x}: child {r}"

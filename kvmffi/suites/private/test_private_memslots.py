@@ -16,17 +16,17 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def host_mem():  # noqa: ANN201
+def host_mem():
     with memory.anonymous(4 * MiB) as m:
         yield m
 
 
 @pytest.fixture
-def gmem(vm, gmem_factory):  # noqa: ANN001, ANN201
+def gmem(vm, gmem_factory):
     return gmem_factory(vm, 4 * MiB)
 
 
-def test_guest_memfd_outlives_vm(kvm: Kvm, vm_type) -> None:  # noqa: ANN001
+def test_guest_memfd_outlives_vm(kvm: Kvm, vm_type) -> None:
     """CHECKLIST 17: fallocate and PUNCH_HOLE after the VM fd is closed still succeed (gmem pins the VM)."""
     vm = kvm.create_vm(vm_type)
     g = vm.create_guest_memfd(4 * MiB)
@@ -37,7 +37,7 @@ def test_guest_memfd_outlives_vm(kvm: Kvm, vm_type) -> None:  # noqa: ANN001
         g.allocate(0, PAGE_SIZE)
 
 
-def test_wrong_guest_memfd_fds(vm: Vm, host_mem) -> None:  # noqa: ANN001
+def test_wrong_guest_memfd_fds(vm: Vm, host_mem) -> None:
     """CHECKLIST 28: /dev/kvm, the VM fd, a memfd or another VM's guest_memfd: EINVAL."""
     with not_this_vms_guest_memfds(vm, MiB) as fds:
         for what, fd in fds:
@@ -46,19 +46,19 @@ def test_wrong_guest_memfd_fds(vm: Vm, host_mem) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("offset", [1, PAGE_SIZE - 1, PAGE_SIZE + 0x10])
-def test_unaligned_offset(vm: Vm, gmem, host_mem, offset: int) -> None:  # noqa: ANN001
+def test_unaligned_offset(vm: Vm, gmem, host_mem, offset: int) -> None:
     """CHECKLIST 29."""
     expect_errno(errno.EINVAL, f"guest_memfd_offset {offset:#x}", vm.set_user_memory_region2, 0, GPA, PAGE_SIZE,
                  host_mem.addr, GMEM, gmem, offset)
 
 
-def test_binding_past_the_end(vm: Vm, gmem, host_mem) -> None:  # noqa: ANN001
+def test_binding_past_the_end(vm: Vm, gmem, host_mem) -> None:
     """CHECKLIST 30 (verify): offset + size > i_size is EINVAL."""
     expect_errno(errno.EINVAL, "offset 4K + 4M of a 4 MiB guest_memfd", vm.set_user_memory_region2, 0, GPA,
                  4 * MiB, host_mem.addr, GMEM, gmem, PAGE_SIZE)
 
 
-def test_overlaps(vm: Vm, gmem, host_mem) -> None:  # noqa: ANN001
+def test_overlaps(vm: Vm, gmem, host_mem) -> None:
     """CHECKLIST 31: an overlapping gmem range is refused (EINVAL through 6.18, EEXIST from 7.2:
     kvmffi.kernels gmem_range_already_bound), overlapping GPAs EEXIST; delete then rebind works."""
     vm.set_user_memory_region2(0, GPA, MiB, host_mem.addr, GMEM, gmem, 0)
@@ -72,13 +72,13 @@ def test_overlaps(vm: Vm, gmem, host_mem) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("flag", [MemslotFlag.LOG_DIRTY_PAGES, MemslotFlag.READONLY], ids=lambda f: f.name)
-def test_dirty_log_and_readonly_refused(vm: Vm, gmem, host_mem, flag: MemslotFlag) -> None:  # noqa: ANN001
+def test_dirty_log_and_readonly_refused(vm: Vm, gmem, host_mem, flag: MemslotFlag) -> None:
     """CHECKLIST 32, 33 (verify): EINVAL with GUEST_MEMFD."""
     expect_errno(errno.EINVAL, f"GUEST_MEMFD|{flag.name}", vm.set_user_memory_region2, 0, GPA, MiB,
                  host_mem.addr, GMEM | flag, gmem, 0)
 
 
-def test_guest_memfd_flag_cannot_change(vm: Vm, gmem, host_mem) -> None:  # noqa: ANN001
+def test_guest_memfd_flag_cannot_change(vm: Vm, gmem, host_mem) -> None:
     """CHECKLIST 34."""
     vm.set_user_memory_region2(0, GPA, MiB, host_mem.addr, GMEM, gmem, 0)
     expect_errno(errno.EINVAL, "dropping GUEST_MEMFD", vm.set_user_memory_region2, 0, GPA, MiB, host_mem.addr, 0)

@@ -8,11 +8,12 @@ import threading
 import time
 
 import pytest
+from test_pre_fault import SLOT_SIZE, Kicker, pre_fault_all, recreate
 
-from .conversions import PER_VCPU, run_conversions
 from kvmffi import Cap, Kvm, VmType
 from kvmffi.testvm import TEST_GPA, TestVm
-from test_pre_fault import SLOT_SIZE, Kicker, pre_fault_all, recreate
+
+from .conversions import PER_VCPU, run_conversions
 
 pytestmark = pytest.mark.private
 
@@ -60,7 +61,7 @@ def churn_once(kvm: Kvm, vm_type: VmType) -> None:
         assert pre_fault_all(t.vcpus[0], TEST_GPA, SLOT_SIZE) == (TEST_GPA + SLOT_SIZE, 0)
 
 
-def test_soak(kvm: Kvm, vm_type) -> None:  # noqa: ANN001
+def test_soak(kvm: Kvm, vm_type) -> None:
     seconds = soak_seconds()
     rng = random.Random(int(os.environ.get("KVMFFI_SOAK_SEED", "0")) or None)
     deadline = time.monotonic() + seconds

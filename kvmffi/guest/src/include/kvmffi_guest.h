@@ -19,9 +19,9 @@ typedef _Bool bool;
 #define false 0
 #define NULL ((void *)0)
 
-#define UCALL_PORT 0x1000
-#define UCALL_MAX_ARGS 7
-#define UCALL_BUFFER_LEN 256
+/* Constants the host needs are enumerators, never macros: the host reads them (and struct
+ * ucall's layout) from the guest ELF's debug information, so this file is their one source. */
+enum { UCALL_PORT = 0x1000, UCALL_MAX_ARGS = 7, UCALL_BUFFER_LEN = 256 };
 
 enum {
 	UCALL_NONE = 0,
@@ -61,8 +61,8 @@ void ucall_assert(uint64_t kind, const char *cond, const char *file, uint64_t li
 void guest_printf(const char *fmt, ...);
 __attribute__((noreturn)) void guest_done(void);
 
-/* The vCPU's id (RDI at entry), for guests that run on several vCPUs. */
-extern uint64_t guest_vcpu_id(void);
+/* Every guest program defines its entry point; vcpu_id is 0 .. nr_vcpus - 1. */
+void guest_main(uint64_t vcpu_id);
 
 /* GUEST_SYNC(stage, up to 6 more values): the host's on_sync gets (stage, values...). */
 #define GUEST_SYNC(stage, ...) ucall(UCALL_SYNC, stage, ##__VA_ARGS__)

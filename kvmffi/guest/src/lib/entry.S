@@ -1,21 +1,16 @@
 /* Guest entry and exception stubs.
- * The host starts every vCPU at _start with RSP = top of its stack and RDI = vCPU id.
+ * The host starts every vCPU at _start with RSP = top of its stack and RDI = vCPU id, which
+ * stays in RDI: guest_main(vcpu_id) gets it as its first argument.
  */
 	.text
 	.globl _start
 _start:
 	xorq %rbp, %rbp
-	movq %rdi, %r15          /* vCPU id kept in r15 for guest_vcpu_id() */
 	andq $-16, %rsp
 	call guest_main
 	call guest_done
 1:	hlt
 	jmp 1b
-
-	.globl guest_vcpu_id
-guest_vcpu_id:
-	movq %r15, %rax
-	ret
 
 /* 32 exception stubs, 16 bytes apart, starting at kvmffi_exception_stubs.
  * Vectors without a hardware error code push 0 so the frame is uniform. */

@@ -12,8 +12,6 @@ program at 1 MiB, one 64 KiB stack per vCPU below ``low_size``; test memory from
 
 from __future__ import annotations
 
-import signal
-import struct
 import sys
 import threading
 import time
@@ -22,74 +20,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import memory as _memory
-from .exits import Exit, IntrExit, IoExit, ShutdownExit, describe
-from .guest import build as _build
-from .guest import elf as _elf
-from .guest import x86
-from .guest_memfd import GuestMemfd
-from .hints import require_gmem_flags
-from .memory import HostMemory
-from .system import Kvm
-from .uapi import GuestMemfdFlag, IoDirection, MemslotFlag, VmType
-from .vcpu import Vcpu
-from .vm import Vm
+from .. import memory as _memory
+from ..exits import Exit, IntrExit
+from ..guest import build as _build
+from ..guest import elf as _elf
+from ..guest import x86
+from ..guest_memfd import GuestMemfd
+from ..hints import require_gmem_flags
+from ..memory import HostMemory, RawMapping
+from ..system import Kvm
+from ..uapi import GuestMemfdFlag, MemslotFlag, VmType
+from ..vcpu import Vcpu
+from ..vm import Vm
+from .backing import Backing
+from .diagnostics import unexpected_exit, where
+from .errors import GuestHang, Stopped, UnexpectedExit
+from .ucall import UcallAbi, assertion_error, exception_error
+from .watchdog import VcpuState, Watchdog, kick
 
 TEST_GPA = 1 << 32
-UCALL_PORT = 0x1000
-UCALL_NONE, UCALL_SYNC, UCALL_ABORT, UCALL_PRINTF, UCALL_DONE, UCALL_EXCEPTION = 0, 1, 2, 3, 4, 5
-UCALL_SIZE = 8 + 7 * 8 + 256
 STACK_SIZE = 64 << 10
 LOW_SLOT = 0
-KICK_SIGNAL = signal.SIGRTMIN + 3  # type: ignore[operator]
-
-_ucall = struct.Struct("<8Q")
-
-
-class GuestError(Exception):
-    """Base of errors that come from the guest."""
-
-
-class GuestAssertionError(AssertionError, GuestError):
-    """A GUEST_ASSERT failed: the message carries the condition, file:line and values."""
-
-
-class GuestException(GuestError):
-    """The guest took an exception (vector, error code, RIP, CR2 reported by the IDT stubs)."""
-
-    def __init__(self, msg: str, vector: int, error_code: int, rip: int, cr2: int) -> None:
-        super().__init__(msg)
-        self.vector, self.error_code, self.rip, self.cr2 = vector, error_code, rip, cr2
-
-
-class GuestHang(GuestError, TimeoutError):
-    """A vCPU did not exit within its timeout; the watchdog kicked it out of KVM_RUN."""
-
-
-class UnexpectedExit(GuestError):
-    """An exit the test did not handle; the message names it and shows registers and memslots."""
-
-    def __init__(self, msg: str, exit: Exit) -> None:
-        super().__init__(msg)
-        self.exit = exit
-
-
-class GuestTripleFault(UnexpectedExit):
-    """KVM_EXIT_SHUTDOWN: the guest triple-faulted; the message shows its registers."""
-
-
-def install_kick_handler() -> None:
-    """Install the no-op handler for the watchdog's signal, once; only the main thread can.
-
-    The pytest plugin does this at start-up; a script that runs vCPUs from other threads
-    calls it first from the main thread.
-    """
-    if signal.getsignal(KICK_SIGNAL) not in (signal.SIG_DFL, None, signal.SIG_IGN):
-        return
-    if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError("the vCPU watchdog needs its signal handler: call "
-                           "kvmffi.testvm.install_kick_handler() once from the main thread")
-    signal.signal(KICK_SIGNAL, lambda s, f: None)
 
 
 @dataclass
@@ -101,40 +52,19 @@ class TestMemory:
     gpa: int
     size: int
     slot: int
-    backing: str
-    host: HostMemory | None
+    backing: Backing
+    host: HostMemory | RawMapping | None
     gmem: GuestMemfd | None = None
     gmem_offset: int = 0
     owns_gmem: bool = True
 
     def read(self, offset: int, n: int) -> bytes:
-        assert self.host is not None, f"{self.backing} test memory has no host mapping"
+        assert self.host is not None, f"{self.backing.value} test memory has no host mapping"
         return self.host[offset:offset + n]
 
     def write(self, offset: int, data: bytes) -> None:
-        assert self.host is not None, f"{self.backing} test memory has no host mapping"
+        assert self.host is not None, f"{self.backing.value} test memory has no host mapping"
         self.host[offset:offset + len(data)] = data
-
-
-MARK_OFFSETS = (0, 4088)
-
-
-def fill_marks(buf: Any, offset: int, size: int, pattern: int) -> None:
-    """Host side of guest_fill_marks: the first and last 8 bytes of each 4 KiB page."""
-    b = struct.pack("<Q", pattern & 0xFFFFFFFFFFFFFFFF)
-    for page in range(offset, offset + size, 4096):
-        for m in MARK_OFFSETS:
-            buf[page + m:page + m + 8] = b
-
-
-def check_marks(buf: Any, offset: int, size: int, pattern: int) -> int:
-    """Host side of guest_check_marks: the first mismatching offset (relative to ``offset``) or -1."""
-    b = struct.pack("<Q", pattern & 0xFFFFFFFFFFFFFFFF)
-    for page in range(offset, offset + size, 4096):
-        for m in MARK_OFFSETS:
-            if buf[page + m:page + m + 8] != b:
-                return page + m - offset
-    return -1
 
 
 class _LowMemory:
@@ -149,32 +79,14 @@ class _LowMemory:
 
 
 @dataclass
-class _VcpuState:
-    vcpu: Vcpu
-    progress: int = 0
-    in_run: bool = False
-    kicked: bool = False
-    error: BaseException | None = None
-    syncs: int = 0
-    thread: threading.Thread | None = None
-
-
-@dataclass
 class RunResult:
     syncs: dict[int, int] = field(default_factory=dict)   # vCPU id -> GUEST_SYNC count
     printed: list[str] = field(default_factory=list)      # GUEST_PRINTF lines
     seconds: float = 0.0
 
 
-BACKINGS = ("anon", "memfd", "thp", "hugetlb", "gmem", "gmem-mmap", "gmem-only")
-# guest_memfd flags a backing needs: the in-place ones map the file as the shared half
-BACKING_GMEM_FLAGS = {"gmem": GuestMemfdFlag(0),
-                      "gmem-mmap": GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED,
-                      "gmem-only": GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED}
-
-
 class TestVm:
-    """A VM running one guest program (``guests/<program>.c``) on ``nr_vcpus`` vCPUs."""
+    """A VM running one guest program (``<program>.c`` of the guest sources) on ``nr_vcpus`` vCPUs."""
 
     __test__ = False  # not a pytest class
 
@@ -193,6 +105,7 @@ class TestVm:
         try:
             path = Path(program) if str(program).endswith(".elf") else _build.build(str(program))
             self.image = _elf.load_cached(path)
+            self.abi = UcallAbi.of(self.image)
             self.vm = self.kvm.create_vm(vm_type)
             max_vcpus = (low_size - max(self.image.end, 4 << 20)) // STACK_SIZE
             if nr_vcpus < 1 or nr_vcpus > max_vcpus:
@@ -207,9 +120,9 @@ class TestVm:
                                              f"[{x86.IMAGE_GPA:#x}, {low_size:#x})")
                 self.low[seg.gpa:seg.gpa + len(seg.data)] = seg.data
             self.pt = self._low_tables(self.image.symbol("kvmffi_exception_stubs").addr, low_size)
-            self.states: list[_VcpuState] = []
+            self.states: list[VcpuState] = []
             for i in range(nr_vcpus):
-                self.states.append(_VcpuState(self._setup_vcpu(i)))
+                self.states.append(VcpuState(self._setup_vcpu(i)))
         except BaseException:
             self.close()
             raise
@@ -263,7 +176,7 @@ class TestVm:
     def vcpus(self) -> list[Vcpu]:
         return [s.vcpu for s in self.states]
 
-    def add_memory(self, gpa: int, size: int, backing: str = "anon", *, slot: int | None = None,
+    def add_memory(self, gpa: int, size: int, backing: Backing | str = "anon", *, slot: int | None = None,
                    map_in_guest: bool = True, page_size: int = x86.PAGE, gmem: GuestMemfd | None = None,
                    gmem_offset: int = 0, gmem_flags: GuestMemfdFlag | int | None = None,
                    readonly: bool = False, shared_backing: str = "anon") -> TestMemory:
@@ -277,29 +190,24 @@ class TestVm:
         guest_memfd at ``gmem_offset`` (several slots over one file).
         """
         assert self.vm is not None
-        if backing not in BACKINGS:
-            raise ValueError(f"backing {backing!r}: choose one of {', '.join(BACKINGS)}")
+        kind = Backing.of(backing)
         slot = self._next_slot if slot is None else slot
         self._next_slot = max(self._next_slot, slot + 1)
-        host: HostMemory | None = None
+        host: HostMemory | RawMapping | None = None
         owns = gmem is None
         flags = MemslotFlag.READONLY if readonly else MemslotFlag(0)
         try:
-            if backing.startswith("gmem"):
+            if kind.guest_memfd:
                 if gmem is None:
-                    gf = gmem_flags if gmem_flags is not None else BACKING_GMEM_FLAGS[backing]
+                    gf = gmem_flags if gmem_flags is not None else kind.gmem_flags
                     require_gmem_flags(self.vm, gf)  # asked on this VM: MissingCapability names what lacks
                     gmem = self.vm.create_guest_memfd(gmem_offset + size, gf)
-                if backing == "gmem":
-                    host = self._host_memory(shared_backing, size)
-                else:
-                    host = gmem.mmap(size, gmem_offset)  # type: ignore[assignment]
-                assert host is not None
-                hva = 0 if backing == "gmem-only" else host.addr
+                host = gmem.mmap(size, gmem_offset) if kind.in_place else Backing.of(shared_backing).host_memory(size)
+                hva = host.addr if kind.maps_userspace else 0
                 self.vm.set_user_memory_region2(slot, gpa, size, hva, flags | MemslotFlag.GUEST_MEMFD,
                                                 gmem, gmem_offset, keep=host)
             else:
-                host = self._host_memory(backing, size)
+                host = kind.host_memory(size)
                 self.vm.set_user_memory_region2(slot, gpa, size, host.addr, flags, keep=host)
         except BaseException:
             if host is not None:
@@ -307,23 +215,11 @@ class TestVm:
             if owns and gmem is not None:
                 gmem.close()
             raise
-        tm = TestMemory(gpa, size, slot, backing, host, gmem, gmem_offset, owns)
+        tm = TestMemory(gpa, size, slot, kind, host, gmem, gmem_offset, owns)
         self.regions.append(tm)
         if map_in_guest:
             self.pt.map(gpa, gpa, size, page_size)
         return tm
-
-    @staticmethod
-    def _host_memory(backing: str, size: int) -> HostMemory:
-        if backing == "anon":
-            return _memory.anonymous(size)
-        if backing == "thp":
-            return _memory.anonymous(size, thp=True)
-        if backing == "hugetlb":
-            return _memory.anonymous(size, hugetlb=True)
-        if backing == "memfd":
-            return _memory.memfd(size)
-        raise ValueError(f"host backing {backing!r}: choose anon, thp, hugetlb or memfd")
 
     def delete_memory(self, tm: TestMemory) -> None:
         """Delete the memslot (the guest's next access to it is an MMIO exit or memory fault)."""
@@ -335,14 +231,18 @@ class TestVm:
         s = self.image.symbol(name)
         return s.addr, s.size or 8
 
-    def set_param(self, name: str, value: int) -> None:
-        """Write a guest global (an unsigned integer of its symbol's size) by name."""
+    def const(self, name: str) -> int:
+        """One of the guest program's C enumerators (a scenario, a sync stage, ...): the guest source
+        is its one definition, read from the ELF's debug information."""
+        return self.image.constant(name)
+
+    def set_param(self, name: str, value: int | str) -> None:
+        """Write a guest global (an unsigned integer of its symbol's size) by name; a str value
+        names one of the guest's enumerators (``t.set_param("scenario", "S_UD")``)."""
+        if isinstance(value, str):
+            value = self.const(value)
         addr, size = self._sym_bytes(name)
         self._lowmem.write(addr, int(value).to_bytes(size, "little", signed=value < 0))
-
-    def get_param(self, name: str) -> int:
-        addr, size = self._sym_bytes(name)
-        return int.from_bytes(self._lowmem.read(addr, size), "little")
 
     def read_gva(self, gva: int, n: int) -> bytes:
         """Read guest memory at a GVA (== GPA) from low memory or a test region's shared view."""
@@ -371,36 +271,31 @@ class TestVm:
         kicks it and the run fails with GuestHang (default: the TestVm's timeout).
         """
         tmo = self.timeout if timeout is None else timeout
-        install_kick_handler()
         self._timeout = tmo
         result = RunResult()
         for s in self.states:
             s.error, s.kicked, s.syncs = None, False, 0
-        stop = threading.Event()
-        dog = threading.Thread(target=self._watchdog, args=(tmo, stop), name="kvmffi-watchdog", daemon=True)
         t0 = time.monotonic()
-        dog.start()
         try:
-            if len(self.states) == 1:
-                self._loop(self.states[0], on_sync, on_exit, result)
-            else:
-                for s in self.states:
-                    s.thread = threading.Thread(target=self._thread_loop, args=(s, on_sync, on_exit, result),
-                                                name=f"kvmffi-vcpu{s.vcpu.id}", daemon=True)
-                    s.thread.start()
-                for s in self.states:
-                    assert s.thread is not None
-                    while s.thread.is_alive():
-                        s.thread.join(0.1)
-                    s.thread = None
+            with Watchdog(self.states, tmo):
+                if len(self.states) == 1:
+                    self._loop(self.states[0], on_sync, on_exit, result)
+                else:
+                    for s in self.states:
+                        s.thread = threading.Thread(target=self._thread_loop, args=(s, on_sync, on_exit, result),
+                                                    name=f"kvmffi-vcpu{s.vcpu.id}", daemon=True)
+                        s.thread.start()
+                    for s in self.states:
+                        assert s.thread is not None
+                        while s.thread.is_alive():
+                            s.thread.join(0.1)
+                        s.thread = None
         finally:
-            stop.set()
-            dog.join()
             result.seconds = time.monotonic() - t0
         for s in self.states:
             result.syncs[s.vcpu.id] = s.syncs
         errors = [s.error for s in self.states if s.error is not None]
-        real = [e for e in errors if not isinstance(e, _Stopped)]  # the cause, not the vCPUs it stopped
+        real = [e for e in errors if not isinstance(e, Stopped)]  # the cause, not the vCPUs it stopped
         if real or errors:
             raise (real or errors)[0]
         return result
@@ -414,54 +309,55 @@ class TestVm:
 
         def on_exit(vcpu: Vcpu, ex: Exit) -> bool:
             got.append(ex)
-            raise _Stopped("exit")
+            raise Stopped("exit")
 
         try:
             self.run(on_sync=on_sync, on_exit=on_exit, timeout=timeout)
-        except _Stopped:
+        except Stopped:
             return got[0]
         return None
 
-    def _thread_loop(self, s: _VcpuState, on_sync: Any, on_exit: Any, result: RunResult) -> None:
+    def _thread_loop(self, s: VcpuState, on_sync: Any, on_exit: Any, result: RunResult) -> None:
         try:
             self._loop(s, on_sync, on_exit, result)
         except BaseException as e:
             s.error = e
             for other in self.states:  # stop the others: one failure fails the run
                 if other is not s and other.error is None:
-                    other.error = _Stopped(f"vCPU {other.vcpu.id} stopped: vCPU {s.vcpu.id} failed")
-                    self._kick(other)
+                    other.error = Stopped(f"vCPU {other.vcpu.id} stopped: vCPU {s.vcpu.id} failed")
+                    kick(other)
 
-    def _loop(self, s: _VcpuState, on_sync: Any, on_exit: Any, result: RunResult) -> None:
+    def _loop(self, s: VcpuState, on_sync: Any, on_exit: Any, result: RunResult) -> None:
         vcpu = s.vcpu
         low = self.low
         assert low is not None
         low_size = self.low_size
-        unpack = _ucall.unpack_from
-        run_fast = vcpu.run_ucall_port
-        get_reg = vcpu.get_reg
+        abi = self.abi
+        unpack_from, header_size = abi.header.unpack_from, abi.header.size
+        port, sync, done, ucall_size = abi.port, abi.sync, abi.done, abi.size
+        run_io, get_reg = vcpu.run_io_fast, vcpu.get_reg
         intr_since: float | None = None
         while True:
             if s.error is not None:
                 raise s.error
             s.progress += 1
             s.in_run = True
-            ex = run_fast(UCALL_PORT)
+            ex = run_io(port)
             s.in_run = False
-            if ex is None:
+            if ex is None:  # a ucall: RDI holds the struct's address
                 intr_since = None
                 rdi = get_reg("rdi")
-                if rdi + UCALL_SIZE <= low_size:
-                    uc = unpack(low, rdi)
+                if rdi + ucall_size <= low_size:
+                    uc = unpack_from(low, rdi)
                 else:
-                    uc = _ucall.unpack(self.read_gva(rdi, 64))
+                    uc = abi.header.unpack(self.read_gva(rdi, header_size))
                 cmd = uc[0]
-                if cmd == UCALL_SYNC:
+                if cmd == sync:
                     s.syncs += 1
                     if on_sync is not None:
                         on_sync(vcpu, uc[1:])
                     continue
-                if cmd == UCALL_DONE:
+                if cmd == done:
                     return
                 self._ucall_slow(vcpu, cmd, uc, rdi, result)
                 continue
@@ -472,7 +368,7 @@ class TestVm:
                         raise s.error
                     rip = vcpu.get_reg("rip")
                     raise GuestHang(f"vCPU {vcpu.id} did not exit within {self._timeout:.1f} s; "
-                                    f"stopped at rip={rip:#x}{self._where(rip)}")
+                                    f"stopped at rip={rip:#x}{where(self.image, rip)}")
                 # a signal that was not the watchdog's: fine once, a hang if it never stops
                 now = time.monotonic()
                 if intr_since is None:
@@ -480,7 +376,7 @@ class TestVm:
                 elif now - intr_since > self._timeout:
                     rip = vcpu.get_reg("rip")
                     raise GuestHang(f"vCPU {vcpu.id}: KVM_RUN kept returning EINTR (a signal each time, not the "
-                                    f"watchdog's) for {self._timeout:.1f} s at rip={rip:#x}{self._where(rip)}; "
+                                    f"watchdog's) for {self._timeout:.1f} s at rip={rip:#x}{where(self.image, rip)}; "
                                     "e.g. KVM sends SIGBUS for a poisoned page of guest memory")
                 continue
             intr_since = None
@@ -489,83 +385,24 @@ class TestVm:
             raise self._unexpected(vcpu, ex)
 
     def _ucall_slow(self, vcpu: Vcpu, cmd: int, uc: tuple[int, ...], rdi: int, result: RunResult) -> None:
-        if cmd == UCALL_PRINTF:
-            text = self.read_string(rdi + 64, 256)
+        abi = self.abi
+        if cmd == abi.printf:
+            text = self.read_string(rdi + abi.buffer_offset, abi.buffer_len)
             result.printed.append(text)
             if self.printf is not None:
                 self.printf(text)
             else:
                 print(f"guest vCPU {vcpu.id}: {text}", file=sys.stderr)
             return
-        if cmd == UCALL_ABORT:
-            kind, cond, file, line, a, b = uc[1:7]
-            msg = f"guest assertion failed at {self.read_string(file)}:{line}: {self.read_string(cond)}"
-            if kind in (1, 2):
-                msg += f" ({a:#x} vs {b:#x}; as signed: {_signed(a)} vs {_signed(b)})"
-            raise GuestAssertionError(msg)
-        if cmd == UCALL_EXCEPTION:
-            vec, err, rip, cr2, _rsp = uc[1:6]
-            name = x86.VECTOR_NAMES.get(vec, f"vector {vec}")
-            msg = f"guest {name} at rip={rip:#x}{self._where(rip)}"
-            if vec == 14:
-                pf = ("write" if err & 2 else "read") + (", present" if err & 1 else ", not present")
-                msg += f" cr2={cr2:#x} error_code={err:#x} ({pf})"
-            elif err:
-                msg += f" error_code={err:#x}"
-            raise GuestException(msg, vec, err, rip, cr2)
+        if cmd == abi.abort:
+            raise assertion_error(abi, uc[1:], self.read_string)
+        if cmd == abi.exception:
+            raise exception_error(uc[1:], lambda rip: where(self.image, rip))
         raise self._unexpected(vcpu, None, f"unknown ucall {cmd} from the guest")
 
-    def _where(self, rip: int) -> str:
-        fn = self.image.function_at(rip)
-        line = self.image.source_line(rip)
-        parts = [p for p in (fn, line) if p]
-        return f" ({' at '.join(parts)})" if parts else ""
-
     def _unexpected(self, vcpu: Vcpu, ex: Exit | None, what: str | None = None) -> UnexpectedExit:
-        try:
-            regs = str(vcpu.get_regs())
-            sregs = str(vcpu.get_sregs())
-            rip = vcpu.get_reg("rip")
-        except Exception as e:  # the VM may be dead
-            regs, sregs, rip = f"(registers unavailable: {e})", "", -1
         assert self.vm is not None
-        head = what or f"unexpected exit {describe(ex)} on vCPU {vcpu.id}"
-        if isinstance(ex, ShutdownExit):
-            head = (f"guest triple fault on vCPU {vcpu.id} (KVM_EXIT_SHUTDOWN): an exception while "
-                    "delivering an exception, e.g. with no usable IDT or stack")
-            if rip == 0xFFF0:
-                head += ("; the registers below are the reset state: on AMD (SVM) KVM reinitializes the "
-                         "vCPU on a shutdown, so where the guest was is lost")
-        if isinstance(ex, IoExit) and ex.direction is IoDirection.IN:
-            head += " (an IN the test does not answer)"
-        at = f"rip={rip:#x}{self._where(rip)}" if rip >= 0 else "rip unknown"
-        msg = (f"{head}\n  at {at}\n  regs: {regs}\n  sregs: {sregs}\n"
-               f"  memslots:\n    " + self.vm.memslot_table().replace("\n", "\n    "))
-        cls = GuestTripleFault if isinstance(ex, ShutdownExit) else UnexpectedExit
-        return cls(msg, ex)  # type: ignore[arg-type]
-
-    # -- watchdog ----------------------------------------------------------
-    def _watchdog(self, timeout: float, stop: threading.Event) -> None:
-        period = min(max(timeout / 8, 0.01), 0.25)
-        seen = {id(s): (s.progress, time.monotonic()) for s in self.states}
-        while not stop.wait(period):
-            now = time.monotonic()
-            for s in self.states:
-                prog, since = seen[id(s)]
-                if s.progress != prog or not s.in_run:
-                    seen[id(s)] = (s.progress, now)
-                elif now - since >= timeout and not s.kicked:
-                    self._kick(s)
-
-    def _kick(self, s: _VcpuState) -> None:
-        s.kicked = True
-        s.vcpu.immediate_exit = True
-        tid = s.thread.ident if s.thread is not None else s.vcpu.thread_id
-        if tid is not None:
-            try:
-                signal.pthread_kill(tid, KICK_SIGNAL)
-            except ProcessLookupError:
-                pass
+        return unexpected_exit(self.image, self.vm, vcpu, ex, what)
 
     # -- teardown ----------------------------------------------------------
     def close(self) -> None:
@@ -591,13 +428,3 @@ class TestVm:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class _Stopped(GuestError):
-    pass
-
-
-def _signed(v: int) -> int:
-    return v - (1 << 64) if v & (1 << 63) else v
-
-
