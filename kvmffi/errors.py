@@ -43,7 +43,7 @@ class KvmError(OSError):
 
     @property
     def errno_name(self) -> str:
-        return _errno.errorcode.get(self.errno or 0, str(self.errno))
+        return errno_name(self.errno or 0)
 
 
 class VmDeadError(KvmError):

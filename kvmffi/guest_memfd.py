@@ -30,7 +30,6 @@ class GuestMemfd(FdOwner):
         super().__init__(fd)
         self.size = size
         self.flags = GuestMemfdFlag(flags)
-        self.vm_type = vm.type if vm is not None else None
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"

@@ -326,12 +326,6 @@ def gmem_factory() -> Iterator[Callable[..., GuestMemfd]]:
         g.close()
 
 
-@pytest.fixture
-def requires_guest_memfd(vm: Vm) -> None:
-    """Skips unless the test's VM type supports guest_memfd (KVM_CAP_GUEST_MEMFD on the VM fd)."""
-    require_cap(Cap.GUEST_MEMFD, vm)
-
-
 def expect_kernel_bug(item: pytest.Item, name: str) -> None:
     """Mark the test an expected failure if the running kernel has the known bug ``name``.
 

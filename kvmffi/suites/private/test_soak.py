@@ -8,12 +8,12 @@ import threading
 import time
 
 import pytest
-from test_pre_fault import SLOT_SIZE, Kicker, pre_fault_all, recreate
 
 from kvmffi import Cap, Kvm, VmType
 from kvmffi.testvm import TEST_GPA, TestVm
 
 from .conversions import PER_VCPU, run_conversions
+from .test_pre_fault import SLOT_SIZE, Kicker, pre_fault_all, recreate
 
 pytestmark = pytest.mark.private
 

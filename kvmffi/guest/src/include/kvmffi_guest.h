@@ -90,9 +90,6 @@ void *memset(void *s, int c, size_t n);
 void *memcpy(void *d, const void *s, size_t n);
 int memcmp(const void *a, const void *b, size_t n);
 
-/* Byte patterns over whole ranges (slow where guest instructions are emulated). */
-int64_t guest_check_pattern(const void *p, uint8_t pattern, size_t n);
-
 /* Page marks: the first and last 8 bytes of every 4 KiB page. Cheap enough for
  * megabytes of test memory; the host's kvmffi.testvm.fill_marks/check_marks match. */
 void guest_fill_marks(void *p, size_t n, uint64_t pattern);

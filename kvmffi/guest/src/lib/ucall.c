@@ -54,16 +54,6 @@ int memcmp(const void *a, const void *b, size_t n)
 	return 0;
 }
 
-int64_t guest_check_pattern(const void *p, uint8_t pattern, size_t n)
-{
-	const volatile uint8_t *b = p;
-	size_t i;
-	for (i = 0; i < n; i++)
-		if (b[i] != pattern)
-			return (int64_t)i;
-	return -1;
-}
-
 void guest_fill_marks(void *p, size_t n, uint64_t pattern)
 {
 	uint8_t *b = p;
