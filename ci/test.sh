@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: install, type-check, then run every tier:
+# The test command: install, lint and type-check, then run every tier:
 #   test kernels   Debian's linux-source-6.12 and -7.3, and 7.3 with the debug fragment (KASAN,
 #                  lockdep, ...), each built once and cached
 #   unit tier      no /dev/kvm needed
@@ -16,7 +16,8 @@ start=$(date +%s)
 configs=${KVMFFI_CI_CONFIGS:-host,6.12,7.3-numa2,7.3-shadow-mmu}
 examples=${KVMFFI_FUZZ_EXAMPLES:-300}
 
-echo "== mypy"
+echo "== ruff and mypy (package, suites, tests, bench)"
+ruff check
 mypy
 
 if [ "${KVMFFI_SKIP_PRIVATE:-0}" != 1 ]; then

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .uapi import ExitReason, IoDirection, MemoryFaultFlag
 
-if TYPE_CHECKING:
-    from .vcpu import Vcpu
+
+class RunWriter(Protocol):
+    """What an exit writes back through before the next KVM_RUN (the Vcpu that returned it)."""
+
+    def _write_run(self, offset: int, data: bytes) -> None: ...
+    def _set_mmio_data(self, data: bytes) -> None: ...
+    def _set_hypercall_ret(self, value: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +34,7 @@ class IoExit(Exit):
     port: int
     count: int
     data: bytes
-    _vcpu: Vcpu = field(repr=False, compare=False)
+    _vcpu: RunWriter = field(repr=False, compare=False)
     _data_offset: int = field(repr=False, compare=False)
 
     @property
@@ -53,7 +58,7 @@ class MmioExit(Exit):
     data: bytes
     len: int
     is_write: bool
-    _vcpu: Vcpu = field(repr=False, compare=False)
+    _vcpu: RunWriter = field(repr=False, compare=False)
 
     @property
     def reason(self) -> ExitReason:
@@ -71,7 +76,7 @@ class HypercallExit(Exit):
     nr: int
     args: tuple[int, ...]
     flags: int
-    _vcpu: Vcpu = field(repr=False, compare=False)
+    _vcpu: RunWriter = field(repr=False, compare=False)
 
     @property
     def reason(self) -> ExitReason:

@@ -5,16 +5,12 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-from typing import TYPE_CHECKING
 
 from . import _libc
 from ._fd import FdOwner
 from .errors import KvmError
 from .memory import GuestMemfdMapping, HostMemory, RawMapping
 from .uapi import GuestMemfdFlag
-
-if TYPE_CHECKING:
-    from .vm import Vm
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -26,7 +22,7 @@ class GuestMemfd(FdOwner):
     Create with :meth:`kvmffi.Vm.create_guest_memfd`.
     """
 
-    def __init__(self, fd: int, size: int, flags: int, vm: Vm | None = None) -> None:
+    def __init__(self, fd: int, size: int, flags: int) -> None:
         super().__init__(fd)
         self.size = size
         self.flags = GuestMemfdFlag(flags)

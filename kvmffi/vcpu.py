@@ -10,20 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import _ffi
 from ._fd import FdOwner
-from .exits import (
-    Exit,
-    FailEntryExit,
-    HltExit,
-    HypercallExit,
-    InternalErrorExit,
-    IntrExit,
-    IoExit,
-    MemoryFaultExit,
-    MmioExit,
-    OtherExit,
-    ShutdownExit,
-    SystemEventExit,
-)
+from .exits import (Exit, FailEntryExit, HltExit, HypercallExit, InternalErrorExit, IntrExit, IoExit, MemoryFaultExit,
+                    MmioExit, OtherExit, ShutdownExit, SystemEventExit)
 from .uapi import ExitReason, IoDirection, MemoryFaultFlag
 
 EHWPOISON = 133  # not in Python's errno module

@@ -135,7 +135,7 @@ class Vm(FdOwner):
                 hint = "this kernel has no guest_memfd (KVM_CAP_GUEST_MEMFD; Linux >= 6.8 with CONFIG_KVM_GUEST_MEMFD)"
             raise self._error("KVM_CREATE_GUEST_MEMFD", err, args, hint)
         try:
-            return GuestMemfd(ret, size, int(flags), self)
+            return GuestMemfd(ret, size, int(flags))
         except BaseException:
             os.close(ret)
             raise

@@ -11,15 +11,8 @@ errors, marks (page marks shared with the guest library).
 """
 
 from .backing import BACKINGS, Backing
-from .errors import (
-                     GuestAssertionError,
-                     GuestError,
-                     GuestException,
-                     GuestHang,
-                     GuestTripleFault,
-                     Stopped,
-                     UnexpectedExit,
-)
+from .errors import (GuestAssertionError, GuestError, GuestException, GuestHang, GuestTripleFault, Stopped,
+                     UnexpectedExit)
 from .marks import check_marks, fill_marks
 from .testvm import LOW_SLOT, STACK_SIZE, TEST_GPA, RunResult, TestMemory, TestVm
 from .ucall import UcallAbi

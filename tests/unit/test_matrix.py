@@ -4,18 +4,8 @@ import json
 
 import pytest
 
-from kvmffi.matrix import (
-    DEFAULT_CONFIGS,
-    Config,
-    ConfigResult,
-    differences,
-    exit_code,
-    format_json,
-    format_ktap,
-    format_table,
-    parse_config,
-    shard,
-)
+from kvmffi.matrix import (DEFAULT_CONFIGS, Config, ConfigResult, differences, exit_code, format_json, format_ktap,
+                           format_table, parse_config, shard)
 from kvmffi.runner import TierResult
 
 KEYS = ("pass", "fail", "xfail", "xpass", "skip", "error")
