@@ -1,11 +1,19 @@
-/* C reference for bench/run.py: the same guest bytes, driven with plain ioctls.
+/* C references for bench/run.py: the same guest bytes, driven with plain ioctls, two ways.
  *
- *   ucall_ref STATE ucall N      N GUEST_SYNC round trips; prints microseconds per round trip
- *   ucall_ref STATE bringup R    R times: VM + memory + vCPU + CPUID + registers, run to the
- *                                first ucall, tear down; prints microseconds per bring-up
+ *   ucall_ref STATE ucall selftests|best N
+ *       the guest's GUEST_SYNC round trips; prints microseconds per round trip
+ *   ucall_ref STATE bringup selftests|best R
+ *       R times: VM + memory + vCPU + CPUID + registers, run to the first ucall, tear down;
+ *       prints microseconds per bring-up
  *
- * STATE is written by bench/run.py: u64 low_size, struct kvm_sregs, struct kvm_regs, then
- * the guest's low memory image (program, descriptor tables, page tables) as kvmffi built it.
+ * selftests: what the KVM selftests' library does per ucall on x86: KVM_RUN, then KVM_GET_REGS
+ * for RDI, then read struct ucall. best: KVM_CAP_SYNC_REGS, so KVM stores the registers in
+ * kvm_run at every exit and RDI is read from there (no second ioctl).
+ *
+ * STATE is written by bench/run.py: u64 low_size, u64 ucall port, u64 UCALL_SYNC, u64 UCALL_DONE
+ * (read from the guest ELF: kvmffi_guest.h is their one source), struct kvm_sregs, struct
+ * kvm_regs, then the guest's low memory image (program, descriptor tables, page tables) as
+ * kvmffi built it.
  */
 #include <fcntl.h>
 #include <linux/kvm.h>
@@ -18,10 +26,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define UCALL_PORT 0x1000
-#define UCALL_SYNC 1
-#define UCALL_DONE 4
-
+static uint64_t ucall_port, ucall_sync, ucall_done;
+static int use_sync_regs;
 static int kvm_fd;
 static struct kvm_cpuid2 *cpuid;
 static uint64_t low_size;
@@ -73,6 +79,8 @@ static void vm_up(struct vm *v)
 	v->run = mmap(NULL, v->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->vcpu_fd, 0);
 	if (v->run == MAP_FAILED)
 		die("mmap kvm_run");
+	if (use_sync_regs)
+		v->run->kvm_valid_regs = KVM_SYNC_X86_REGS;
 	if (ioctl(v->vcpu_fd, KVM_SET_CPUID2, cpuid) < 0)
 		die("KVM_SET_CPUID2");
 	if (ioctl(v->vcpu_fd, KVM_SET_SREGS, &sregs0) < 0)
@@ -95,11 +103,17 @@ static uint64_t next_ucall(struct vm *v)
 	for (;;) {
 		if (ioctl(v->vcpu_fd, KVM_RUN, 0) < 0)
 			die("KVM_RUN");
-		if (v->run->exit_reason == KVM_EXIT_IO && v->run->io.port == UCALL_PORT) {
-			struct kvm_regs regs;
-			if (ioctl(v->vcpu_fd, KVM_GET_REGS, &regs) < 0)
-				die("KVM_GET_REGS");
-			return *(volatile uint64_t *)(v->mem + regs.rdi);
+		if (v->run->exit_reason == KVM_EXIT_IO && v->run->io.port == ucall_port) {
+			uint64_t rdi;
+			if (use_sync_regs) {
+				rdi = v->run->s.regs.regs.rdi;
+			} else {
+				struct kvm_regs regs;
+				if (ioctl(v->vcpu_fd, KVM_GET_REGS, &regs) < 0)
+					die("KVM_GET_REGS");
+				rdi = regs.rdi;
+			}
+			return *(volatile uint64_t *)(v->mem + rdi);
 		}
 		fprintf(stderr, "unexpected exit %u\n", v->run->exit_reason);
 		exit(2);
@@ -108,12 +122,15 @@ static uint64_t next_ucall(struct vm *v)
 
 int main(int argc, char **argv)
 {
-	if (argc != 4) {
-		fprintf(stderr, "usage: %s STATE ucall|bringup N\n", argv[0]);
+	if (argc != 5 || (strcmp(argv[3], "selftests") && strcmp(argv[3], "best"))) {
+		fprintf(stderr, "usage: %s STATE ucall|bringup selftests|best N\n", argv[0]);
 		return 2;
 	}
+	use_sync_regs = !strcmp(argv[3], "best");
 	FILE *f = fopen(argv[1], "rb");
-	if (!f || fread(&low_size, 8, 1, f) != 1 || fread(&sregs0, sizeof(sregs0), 1, f) != 1 ||
+	if (!f || fread(&low_size, 8, 1, f) != 1 || fread(&ucall_port, 8, 1, f) != 1 ||
+	    fread(&ucall_sync, 8, 1, f) != 1 || fread(&ucall_done, 8, 1, f) != 1 ||
+	    fread(&sregs0, sizeof(sregs0), 1, f) != 1 ||
 	    fread(&regs0, sizeof(regs0), 1, f) != 1)
 		die("reading STATE");
 	image = malloc(0x200000);
@@ -126,11 +143,15 @@ int main(int argc, char **argv)
 				used_pages[nr_used++] = p;
 				break;
 			}
-	long n = atol(argv[3]);
+	long n = atol(argv[4]);
 
 	kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (kvm_fd < 0)
 		die("/dev/kvm");
+	if (use_sync_regs && !(ioctl(kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS) & KVM_SYNC_X86_REGS)) {
+		fprintf(stderr, "no KVM_CAP_SYNC_REGS with KVM_SYNC_X86_REGS on this kernel\n");
+		return 4;
+	}
 	cpuid = calloc(1, sizeof(*cpuid) + 256 * sizeof(struct kvm_cpuid_entry2));
 	cpuid->nent = 256;
 	if (ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, cpuid) < 0)
@@ -139,13 +160,16 @@ int main(int argc, char **argv)
 	struct vm v;
 	if (!strcmp(argv[2], "ucall")) {
 		vm_up(&v);
-		if (next_ucall(&v) != UCALL_SYNC)  /* warm up: the first SYNC */
+		if (next_ucall(&v) != ucall_sync)  /* warm up: the first SYNC */
 			return 3;
 		long syncs = 1;
 		double t0 = now_us();
-		while (next_ucall(&v) == UCALL_SYNC)
+		uint64_t cmd;
+		while ((cmd = next_ucall(&v)) == ucall_sync)
 			syncs++;
 		double t1 = now_us();
+		if (cmd != ucall_done)
+			return 3;
 		vm_down(&v);
 		/* timed: syncs - 1 SYNC round trips after the warm-up, plus the final DONE */
 		printf("%.3f %ld\n", (t1 - t0) / syncs, syncs);
@@ -154,7 +178,7 @@ int main(int argc, char **argv)
 	double t0 = now_us();
 	for (long i = 0; i < n; i++) {
 		vm_up(&v);
-		if (next_ucall(&v) != UCALL_SYNC)
+		if (next_ucall(&v) != ucall_sync)
 			return 3;
 		vm_down(&v);
 	}

@@ -419,15 +419,17 @@ class RunView:
     """A vCPU's mmap'ed struct kvm_run: the exit's fields as plain values, and what userspace writes
     back (immediate_exit, an IN's data, a hypercall's return, an MMIO read's data)."""
 
-    __slots__ = ("mm", "_run", "_unpack")
+    __slots__ = ("mm", "_run", "_io", "_unpack")
 
     def __init__(self, mm: _mmap.mmap) -> None:
         self.mm = mm
         self._run: Any = ffi.from_buffer("struct kvm_run *", mm)
+        self._io: Any = self._run.io   # read on every exit: one level of lookup less
         self._unpack = _u64.unpack_from
 
     def close(self) -> None:
         if self._run is not None:
+            self._io = None
             ffi.release(self._run)
             self._run = None
             self.mm.close()
@@ -441,7 +443,7 @@ class RunView:
         run = self._run
         run.exit_reason = 0
         err = ioctl_run(fd)
-        if not err and run.exit_reason == _EXIT_IO and run.io.port == port:
+        if not err and run.exit_reason == _EXIT_IO and self._io.port == port:
             return -1
         return err
 
@@ -511,7 +513,7 @@ class RunView:
 
     def sync_reg(self, name: str) -> int:
         """A register as KVM stored it in kvm_run at the last exit (sync_regs on)."""
-        return int(self._unpack(self.mm, _SYNC_REG_OFFSETS[name])[0])
+        return self._unpack(self.mm, _SYNC_REG_OFFSETS[name])[0]  # type: ignore[no-any-return]
 
     def read(self, offset: int, length: int) -> bytes:
         return self.mm[offset : offset + length]

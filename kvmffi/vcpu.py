@@ -127,7 +127,7 @@ class Vcpu(FdOwner):
         self._view: _ffi.RunView | None = None
         self._view = _ffi.RunView(mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE))
         self._read_reg = _ffi.reg_reader(fd)
-        self.thread_id: int | None = None  # the thread inside KVM_RUN, for the watchdog
+        self.thread_id: int | None = None  # the thread that last entered KVM_RUN, for the watchdog
         # KVM_CAP_SYNC_REGS: KVM stores the registers in kvm_run at every exit, so reading one after
         # an exit needs no KVM_GET_REGS. They are fresh from an exit until userspace sets registers.
         self._sync_regs = False
@@ -138,6 +138,7 @@ class Vcpu(FdOwner):
         return f"<Vcpu {self.id} {'closed' if self.closed else f'fd={self._fd}'}>"
 
     def _close_children(self) -> None:
+        self._regs_fresh = False
         if self._view is not None:
             self._view.close()
             self._view = None
@@ -158,7 +159,6 @@ class Vcpu(FdOwner):
             raise ValueError("Vcpu is closed")
         self.thread_id = threading.get_ident()
         r = view.enter(self._fd, port)
-        self.thread_id = None
         self._regs_fresh = self.sync_regs and r in (-1, 0, _errno.EINTR)
         if r < 0:
             return None
@@ -217,7 +217,7 @@ class Vcpu(FdOwner):
         (KVM_CAP_SYNC_REGS), else KVM_GET_REGS into a reused buffer. The run loop's fast path."""
         try:
             if self._regs_fresh:
-                return self._live_view().sync_reg(name)
+                return self._view.sync_reg(name)  # type: ignore[union-attr]  # fresh: not closed
             return self._read_reg(name)  # type: ignore[no-any-return]
         except KeyError:
             raise TypeError(f"no register {name!r}; kvm_regs has {', '.join(_REG_NAMES)}") from None
