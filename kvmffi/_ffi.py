@@ -15,14 +15,10 @@ import mmap as _mmap
 import struct as _struct
 from typing import Any
 
-import cffi
-
+from . import _cffi
 from .uapi import ExitReason
 
-ffi = cffi.FFI()
-
-ffi.cdef(
-    r"""
+CDEF = r"""
     /* --- memory regions ------------------------------------------------ */
     struct kvm_userspace_memory_region {          /* 32 bytes */
         uint32_t slot;
@@ -201,8 +197,8 @@ ffi.cdef(
 
     /* --- libc ------------------------------------------------------------ */
     int ioctl(int fd, unsigned long request, ...);
-    """
-)
+"""
+ffi = _cffi.load("kvm", CDEF)
 
 _libc = ffi.dlopen(None)
 

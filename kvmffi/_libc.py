@@ -10,10 +10,9 @@ import os
 import signal
 from typing import Any
 
-import cffi
+from . import _cffi
 
-ffi = cffi.FFI()
-ffi.cdef(r"""
+CDEF = r"""
     int fallocate(int fd, int mode, int64_t offset, int64_t len);
     long syscall(long number, ...);
     int prctl(int option, ...);
@@ -24,7 +23,8 @@ ffi.cdef(r"""
                              const struct iovec *remote_iov, unsigned long riovcnt, unsigned long flags);
     ssize_t process_vm_writev(int pid, const struct iovec *local_iov, unsigned long liovcnt,
                               const struct iovec *remote_iov, unsigned long riovcnt, unsigned long flags);
-""")
+"""
+ffi = _cffi.load("libc", CDEF)
 _c = ffi.dlopen(None)
 
 PR_SET_PDEATHSIG = 1

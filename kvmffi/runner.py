@@ -89,6 +89,22 @@ def pytest_args(selection: list[str], keyword: str | None, fmt: str, ktap_file: 
     return args + paths
 
 
+def prepare_bytecode(selection: list[str], cwd: str, env: dict[str, str]) -> None:
+    """Compile on the host what Python and pytest would compile in the test kernel, whose root is
+    read-only (nothing written there is kept): kvmffi's modules, and pytest's assertion-rewritten
+    test modules (a collection here writes them; the test kernel's pytest reads them)."""
+    import compileall
+
+    from . import _ffi, _libc  # noqa: F401  (their cffi declarations land in the cache, then compiled)
+    from .cache import cache_dir
+    for d in (Path(__file__).resolve().parent, cache_dir() / "cffi"):
+        compileall.compile_dir(str(d), quiet=1)
+    cmd = [sys.executable, *pytest_args(selection, None, "pretty", os.devnull, None), "--collect-only", "-q"]
+    cmd[3:3] = ["-p", "kvmffi.pytest_plugin"]
+    subprocess.run(cmd, cwd=cwd, env=dict(env, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", KVMFFI_LOG_GATE="off"),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+
+
 def run_tier(name: str, selection: list[str], *, keyword: str | None = None, fmt: str = "pretty",
              junit: str | None = None, strict: bool = False, kernel: str | None = None,
              echo: Callable[[str], None] = print, timeout: float = 1800.0, cpus: int = 2,
@@ -124,6 +140,7 @@ def run_tier(name: str, selection: list[str], *, keyword: str | None = None, fmt
     except Exception as e:
         res.infra_error = f"building the guest programs failed: {e}"
         return res
+    prepare_bytecode(selection, root, env)
     with tempfile.TemporaryDirectory(prefix="kvmffi-run-") as tmp:
         results = Path(tmp)
         # under emulation every imported plugin costs seconds: load only kvmffi's
