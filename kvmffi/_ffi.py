@@ -270,18 +270,67 @@ def ioctl_int(fd: int, request: int, arg: int = 0) -> tuple[int, int]:
     return ret, (ffi.errno if ret < 0 else 0)
 
 
-def ioctl_run(fd: int) -> int:
-    """KVM_RUN on the hot path: returns 0 or the errno. fcntl.ioctl is a thinner call
-    than a variadic cffi one; the GIL is released either way."""
+_REG_OFFSETS = {name: f.offset for name, f in ffi.typeof("struct kvm_regs").fields}
+_ioctl_run = _fcntl.ioctl
+_u64 = _struct.Struct("<Q")
+
+
+# The hot struct ioctls of a VM's bring-up go through struct.Struct and fcntl.ioctl: no cffi work.
+_REGS = _struct.Struct("<18Q")                                   # struct kvm_regs, field by field
+_SREGS = _struct.Struct("<" + "QIH9Bx" * 8 + "QH6x" * 2 + "7Q" + "4Q")  # kvm_sregs, flattened
+_REGION = _struct.Struct("<IIQQQ")                               # kvm_userspace_memory_region
+_REGION2 = _struct.Struct("<IIQQQQI4x112x")                      # kvm_userspace_memory_region2
+assert _REGS.size == ffi.sizeof("struct kvm_regs") and _SREGS.size == ffi.sizeof("struct kvm_sregs")
+assert _REGION.size == ffi.sizeof("struct kvm_userspace_memory_region")
+assert _REGION2.size == ffi.sizeof("struct kvm_userspace_memory_region2")
+_M32, _M64 = (1 << 32) - 1, (1 << 64) - 1
+
+
+def _ioctl_buf(fd: int, request: int, buf: bytearray) -> int:
     try:
-        _fcntl.ioctl(fd, KVM_RUN, 0)
+        _fcntl.ioctl(fd, request, buf, True)
         return 0
     except OSError as e:
         return e.errno or 0
 
 
-_REG_OFFSETS = {name: f.offset for name, f in ffi.typeof("struct kvm_regs").fields}
-_u64 = _struct.Struct("<Q")
+def get_regs(fd: int) -> tuple[int, tuple[int, ...]]:
+    """KVM_GET_REGS: (errno, the 18 registers in struct kvm_regs order)."""
+    buf = bytearray(_REGS.size)
+    err = _ioctl_buf(fd, KVM_GET_REGS, buf)
+    return err, _REGS.unpack(buf)
+
+
+def set_regs(fd: int, values: tuple[int, ...]) -> int:
+    """KVM_SET_REGS from the 18 registers in struct kvm_regs order; returns 0 or the errno."""
+    return _ioctl_buf(fd, KVM_SET_REGS, bytearray(_REGS.pack(*(v & _M64 for v in values))))
+
+
+def get_sregs(fd: int) -> tuple[int, tuple[int, ...]]:
+    """KVM_GET_SREGS: (errno, kvm_sregs flattened: 8 segments of 12 fields, gdt and idt (base, limit),
+    cr0 cr2 cr3 cr4 cr8 efer apic_base, interrupt_bitmap[4])."""
+    buf = bytearray(_SREGS.size)
+    err = _ioctl_buf(fd, KVM_GET_SREGS, buf)
+    return err, _SREGS.unpack(buf)
+
+
+def set_sregs(fd: int, flat: tuple[int, ...]) -> int:
+    """KVM_SET_SREGS from :func:`get_sregs`' flattened form; returns 0 or the errno."""
+    return _ioctl_buf(fd, KVM_SET_SREGS, bytearray(_SREGS.pack(*flat)))
+
+
+def set_user_memory_region(fd: int, slot: int, flags: int, gpa: int, size: int, uaddr: int) -> int:
+    """KVM_SET_USER_MEMORY_REGION; any bit pattern is passed truncated to the field's width."""
+    arg = _REGION.pack(slot & _M32, flags & _M32, gpa & _M64, size & _M64, uaddr & _M64)
+    return _ioctl_buf(fd, KVM_SET_USER_MEMORY_REGION, bytearray(arg))
+
+
+def set_user_memory_region2(fd: int, slot: int, flags: int, gpa: int, size: int, uaddr: int, offset: int,
+                            guest_memfd: int) -> int:
+    """KVM_SET_USER_MEMORY_REGION2; any bit pattern is passed truncated to the field's width."""
+    arg = _REGION2.pack(slot & _M32, flags & _M32, gpa & _M64, size & _M64, uaddr & _M64, offset & _M64,
+                        guest_memfd & _M32)
+    return _ioctl_buf(fd, KVM_SET_USER_MEMORY_REGION2, bytearray(arg))
 
 
 def reg_reader(fd: int) -> Any:
@@ -408,7 +457,7 @@ def offsetof(struct: str, *fields: str) -> int:
 KVM_SYNC_X86_REGS = 1 << 0   # kvm_run.kvm_valid_regs: KVM stores struct kvm_regs in kvm_run.s at every exit
 _EXIT_IO = int(ExitReason.IO)  # a plain int: compared on every exit
 _RUN_S = ffi.offsetof("struct kvm_run", "s")
-_SYNC_REG_OFFSETS = {name: _RUN_S + off for name, off in _REG_OFFSETS.items()}
+SYNC_REG_OFFSETS = {name: _RUN_S + off for name, off in _REG_OFFSETS.items()}  # in the kvm_run mapping
 
 
 class RunView:
@@ -435,13 +484,21 @@ class RunView:
         return self._run is None
 
     def enter(self, fd: int, port: int) -> int:
-        """KVM_RUN once: -1 if the exit is port I/O on ``port`` (nothing else read), else 0 or the errno."""
-        run = self._run
-        run.exit_reason = 0
-        err = ioctl_run(fd)
-        if not err and run.exit_reason == _EXIT_IO and self._io.port == port:
+        """KVM_RUN once: -1 if the exit is port I/O on ``port`` (nothing else read), else 0 or the errno.
+
+        After a failed KVM_RUN exit_reason is stale unless KVM set it (KVM_EXIT_MEMORY_FAULT);
+        :meth:`forget_exit` clears it once such an exit is consumed, so a stale one is never
+        taken for a new one."""
+        try:
+            _ioctl_run(fd, KVM_RUN, 0)
+        except OSError as e:
+            return e.errno or 0
+        if self._run.exit_reason == _EXIT_IO and self._io.port == port:
             return -1
-        return err
+        return 0
+
+    def forget_exit(self) -> None:
+        self._run.exit_reason = 0
 
     @property
     def exit_reason(self) -> int:
@@ -509,7 +566,7 @@ class RunView:
 
     def sync_reg(self, name: str) -> int:
         """A register as KVM stored it in kvm_run at the last exit (sync_regs on)."""
-        return self._unpack(self.mm, _SYNC_REG_OFFSETS[name])[0]  # type: ignore[no-any-return]
+        return self._unpack(self.mm, SYNC_REG_OFFSETS[name])[0]  # type: ignore[no-any-return]
 
     def read(self, offset: int, length: int) -> bytes:
         return self.mm[offset : offset + length]

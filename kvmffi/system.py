@@ -23,6 +23,7 @@ class Kvm(FdOwner):
 
     def __init__(self, path: str = "/dev/kvm") -> None:
         self.path = path
+        self._sync_regs_by_type: dict[VmType | int, bool] = {}  # KVM_CAP_SYNC_REGS as a VM of each type answered
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:

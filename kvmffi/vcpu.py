@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno as _errno
 import mmap
+import struct
 import threading
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
@@ -126,6 +127,8 @@ class Vcpu(FdOwner):
         self.vm = vm
         self._view: _ffi.RunView | None = None
         self._view = _ffi.RunView(mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE))
+        self._run_mm = self._view.mm
+        self._unpack_reg = struct.Struct("<Q").unpack_from
         self._read_reg = _ffi.reg_reader(fd)
         self.thread_id: int | None = None  # the thread that last entered KVM_RUN, for the watchdog
         # KVM_CAP_SYNC_REGS: KVM stores the registers in kvm_run at every exit, so reading one after
@@ -157,16 +160,18 @@ class Vcpu(FdOwner):
         view = self._view
         if view is None:
             raise ValueError("Vcpu is closed")
-        self.thread_id = threading.get_ident()
+        self.thread_id = _get_ident()
         r = view.enter(self._fd, port)
-        self._regs_fresh = self.sync_regs and r in (-1, 0, _errno.EINTR)
         if r < 0:
+            self._regs_fresh = self._sync_regs
             return None
+        self._regs_fresh = self._sync_regs and r in (0, _errno.EINTR)
         if r:
             if r == _errno.EINTR:
                 return _INTR
             if r in (_errno.EFAULT, EHWPOISON) and view.exit_reason == ExitReason.MEMORY_FAULT:
                 flags, gpa, size = view.memory_fault()
+                view.forget_exit()
                 return MemoryFaultExit(MemoryFaultFlag(flags), gpa, size, r)
             raise self.vm._error("KVM_RUN", r, {"vcpu": self.id})
         reason = view.exit_reason
@@ -210,14 +215,17 @@ class Vcpu(FdOwner):
     # -- registers ----------------------------------------------------------
     def get_regs(self) -> Regs:
         """KVM_GET_REGS."""
-        return Regs(**self._ioctl_struct("KVM_GET_REGS", _ffi.KVM_GET_REGS, "struct kvm_regs"))
+        err, values = _ffi.get_regs(self.fileno())
+        if err:
+            raise self.vm._error("KVM_GET_REGS", err, {"vcpu": self.id})
+        return Regs(*values)
 
     def get_reg(self, name: str) -> int:
         """One register by name: from kvm_run when KVM synced the registers at the last exit
         (KVM_CAP_SYNC_REGS), else KVM_GET_REGS into a reused buffer. The run loop's fast path."""
         try:
-            if self._regs_fresh:
-                return self._view.sync_reg(name)  # type: ignore[union-attr]  # fresh: not closed
+            if self._regs_fresh:  # KVM stored them in kvm_run at the last exit
+                return self._unpack_reg(self._run_mm, _ffi.SYNC_REG_OFFSETS[name])[0]  # type: ignore[no-any-return]
             return self._read_reg(name)  # type: ignore[no-any-return]
         except KeyError:
             raise TypeError(f"no register {name!r}; kvm_regs has {', '.join(_REG_NAMES)}") from None
@@ -233,15 +241,19 @@ class Vcpu(FdOwner):
                 raise TypeError(f"no register {k!r}; kvm_regs has {', '.join(_REG_NAMES)}")
             setattr(regs, k, v)
         self._regs_fresh = False
-        self._ioctl_struct("KVM_SET_REGS", _ffi.KVM_SET_REGS, "struct kvm_regs", {n: getattr(regs, n) for n in _REG_NAMES})
+        err = _ffi.set_regs(self.fileno(), tuple(getattr(regs, n) for n in _REG_NAMES))
+        if err:
+            raise self.vm._error("KVM_SET_REGS", err, {"vcpu": self.id})
 
     def get_sregs(self) -> Sregs:
         """KVM_GET_SREGS."""
-        p = self._ioctl_struct("KVM_GET_SREGS", _ffi.KVM_GET_SREGS, "struct kvm_sregs")
-        kw: dict[str, Any] = {n: Segment(**{f: p[n][f] for f in _SEG_FIELDS}) for n in _SEGMENTS}
-        kw.update({n: p[n] for n in _CRS})
-        return Sregs(gdt=DTable(p["gdt"]["base"], p["gdt"]["limit"]), idt=DTable(p["idt"]["base"], p["idt"]["limit"]),
-                     interrupt_bitmap=tuple(p["interrupt_bitmap"]), **kw)
+        err, f = _ffi.get_sregs(self.fileno())
+        if err:
+            raise self.vm._error("KVM_GET_SREGS", err, {"vcpu": self.id})
+        cs, ds, es, fs, gs, ss, tr, ldt = (Segment(*f[i:i + 12]) for i in range(0, 96, 12))
+        cr0, cr2, cr3, cr4, cr8, efer, apic_base = f[100:107]
+        return Sregs(cs, ds, es, fs, gs, ss, tr, ldt, DTable(f[96], f[97]), DTable(f[98], f[99]),
+                     cr0, cr2, cr3, cr4, cr8, efer, apic_base, (f[107], f[108], f[109], f[110]))
 
     def set_sregs(self, sregs: Sregs | None = None, **changes: Any) -> None:
         """KVM_SET_SREGS. With keyword arguments only, changes just those fields."""
@@ -251,12 +263,17 @@ class Vcpu(FdOwner):
             if not hasattr(sregs, k):
                 raise TypeError(f"no special register {k!r}")
             setattr(sregs, k, v)
-        p: dict[str, Any] = {n: {f: getattr(getattr(sregs, n), f) for f in _SEG_FIELDS} for n in _SEGMENTS}
+        flat: list[int] = []
+        for n in _SEGMENTS:
+            seg = getattr(sregs, n)
+            flat += [getattr(seg, f) for f in _SEG_FIELDS]
         for n in ("gdt", "idt"):
-            p[n] = {"base": getattr(sregs, n).base, "limit": getattr(sregs, n).limit}
-        p.update({n: getattr(sregs, n) for n in _CRS})
-        p["interrupt_bitmap"] = list(sregs.interrupt_bitmap)
-        self._ioctl_struct("KVM_SET_SREGS", _ffi.KVM_SET_SREGS, "struct kvm_sregs", p)
+            flat += [getattr(sregs, n).base, getattr(sregs, n).limit]
+        flat += [getattr(sregs, n) for n in _CRS]
+        flat += list(sregs.interrupt_bitmap)
+        err = _ffi.set_sregs(self.fileno(), tuple(flat))
+        if err:
+            raise self.vm._error("KVM_SET_SREGS", err, {"vcpu": self.id})
 
     def set_cpuid2(self, entries: list[tuple[int, ...]]) -> None:
         """KVM_SET_CPUID2 with (function, index, flags, eax, ebx, ecx, edx) entries,
@@ -281,14 +298,10 @@ class Vcpu(FdOwner):
             raise e
         return p["gpa"], p["size"]
 
-    def _ioctl_struct(self, name: str, req: int, struct: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:
-        ret, err, out = _ffi.ioctl_struct(self.fileno(), req, struct, fields)
-        if ret < 0:
-            raise self.vm._error(name, err, {"vcpu": self.id})
-        return out
 
 
 _INTR = IntrExit()
+_get_ident = threading.get_ident
 _HLT = HltExit()
 _SHUTDOWN = ShutdownExit()
 

@@ -71,8 +71,11 @@ class Vm(FdOwner):
     @property
     def _sync_regs(self) -> bool:
         """Can this VM's vCPUs have KVM store their registers in kvm_run (KVM_CAP_SYNC_REGS)?"""
-        if self._sync is None:
-            self._sync = bool(self.check_extension(Cap.SYNC_REGS) & _ffi.KVM_SYNC_X86_REGS)
+        if self._sync is None:  # asked on the first VM of each type, the answer kept by the Kvm
+            known = self.kvm._sync_regs_by_type
+            if self.type not in known:
+                known[self.type] = bool(self.check_extension(Cap.SYNC_REGS) & _ffi.KVM_SYNC_X86_REGS)
+            self._sync = known[self.type]
         return self._sync
 
     def _close_children(self) -> None:
@@ -144,11 +147,8 @@ class Vm(FdOwner):
     def set_user_memory_region(self, slot: int, gpa: int, size: int, userspace_addr: int = 0,
                                flags: MemslotFlag | int = 0, *, keep: Any = None) -> None:
         """KVM_SET_USER_MEMORY_REGION (the legacy ioctl, no guest_memfd)."""
-        ret, err, _ = _ffi.ioctl_struct(self.fileno(), _ffi.KVM_SET_USER_MEMORY_REGION,
-                                        "struct kvm_userspace_memory_region",
-                                        {"slot": slot, "flags": int(flags), "guest_phys_addr": gpa, "memory_size": size,
-                                         "userspace_addr": userspace_addr})
-        if ret < 0:
+        err = _ffi.set_user_memory_region(self.fileno(), slot, int(flags), gpa, size, userspace_addr)
+        if err:
             raise self._error("KVM_SET_USER_MEMORY_REGION", err, {"slot": slot, "gpa": gpa, "size": size,
                               "userspace_addr": userspace_addr, "flags": MemslotFlag(int(flags))})
         self._record(slot, gpa, size, userspace_addr, int(flags), None, 0, keep)
@@ -162,12 +162,9 @@ class Vm(FdOwner):
         ``keep`` is an object the Vm holds while the slot exists (e.g. the host mapping).
         """
         gfd = _fd_of(guest_memfd)
-        ret, err, _ = _ffi.ioctl_struct(self.fileno(), _ffi.KVM_SET_USER_MEMORY_REGION2,
-                                        "struct kvm_userspace_memory_region2",
-                                        {"slot": slot, "flags": int(flags), "guest_phys_addr": gpa, "memory_size": size,
-                                         "userspace_addr": userspace_addr, "guest_memfd_offset": guest_memfd_offset,
-                                         "guest_memfd": gfd})
-        if ret < 0:
+        err = _ffi.set_user_memory_region2(self.fileno(), slot, int(flags), gpa, size, userspace_addr,
+                                           guest_memfd_offset, gfd)
+        if err:
             raise self._error("KVM_SET_USER_MEMORY_REGION2", err, {
                 "slot": slot, "gpa": gpa, "size": size, "userspace_addr": userspace_addr,
                 "flags": MemslotFlag(int(flags)), "guest_memfd": gfd, "offset": guest_memfd_offset})
