@@ -6,7 +6,12 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .runner import resolve_kernel
+
+if TYPE_CHECKING:
+    from .runner import TierResult
 
 
 def cmd_caps(args: argparse.Namespace) -> int:
@@ -38,20 +43,6 @@ def cmd_kernel_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_kernel(kernel: str | None, quiet: bool = False) -> str:
-    """--kernel PATH, --kernel VERSION[-debug] (Debian's linux-source-VERSION, built once and cached: 6.12,
-    7.3, newest; -debug adds KASAN, lockdep, ...), or with none the default test kernel (6.12)."""
-    import os
-    import re
-    m = re.match(r"^(\d+\.\d+|newest)(-debug)?$", kernel or "")
-    if kernel and (os.path.exists(kernel) or not m):
-        return kernel
-    from .testkernel import build_kernel
-    if m:
-        return str(build_kernel(None, version=m.group(1), debug=bool(m.group(2)), quiet=quiet))
-    return str(build_kernel(None, quiet=quiet))
-
-
 def cmd_vm(args: argparse.Namespace) -> int:
     from .guest.build import build_all
     from .testkernel import BootError, boot
@@ -62,7 +53,7 @@ def cmd_vm(args: argparse.Namespace) -> int:
         print("kvmffi vm: give a command to run inside, e.g. `kvmffi vm -- kvmffi caps`", file=sys.stderr)
         return 2
     try:
-        kernel = _resolve_kernel(args.kernel, args.quiet)
+        kernel = resolve_kernel(args.kernel, args.quiet)
     except Exception as e:
         print(f"kvmffi vm: cannot get a test kernel: {e}", file=sys.stderr)
         return 125
@@ -83,107 +74,22 @@ def cmd_vm(args: argparse.Namespace) -> int:
     return r.returncode
 
 
-def _plan_tiers(args: argparse.Namespace) -> tuple[list[tuple[str, list[str], str | None]], list[str]]:
-    """Which tiers to run and where: [(name, selection, kernel or None)], and notes on tiers left out."""
-    from .caps import snapshot
-    kernel = _resolve_kernel(args.kernel, args.quiet) if args.kernel else None
-    if getattr(args, "tree", None):
-        from pathlib import Path
-
-        from .testkernel import build_kernel
-        kernel = str(build_kernel(Path(args.tree), quiet=args.quiet))
-    if getattr(args, "soak", None):
-        return [("soak", list(args.selection) or ["private/test_soak.py"], kernel)], []
-    if args.selection:
-        from .suites import TIERS
-        named = all(s.split("/")[0] in TIERS for s in args.selection)
-        return [((" ".join(args.selection) + " tier") if named and len(args.selection) == 1 else "selection",
-                 list(args.selection), kernel)], []
-    if kernel:
-        return [("host tier", ["host"], kernel), ("private tier", ["private"], kernel)], []
-    h = snapshot()
-    tiers: list[tuple[str, list[str], str | None]] = []
-    notes = []
-    if h.kvm_accessible and h.system.get("GUEST_MEMFD", 0) > 0:
-        tiers.append(("host tier", ["host"], None))
-    else:
-        notes.append("host tier not run: " + (f"{h.kvm_path} not usable: {h.error}" if not h.kvm_accessible
-                                                else "KVM_CAP_GUEST_MEMFD is 0 on this kernel (needs Linux >= 6.8)"))
-    if any(v.private for v in h.per_vm_type):
-        tiers.append(("private tier", ["private"], None))
-    else:
-        import shutil
-        if shutil.which("qemu-system-x86_64"):
-            try:
-                from .testkernel import build_kernel
-                tiers.append(("private tier", ["private"], str(build_kernel(None, quiet=args.quiet))))
-                notes.append("private tier runs in the test kernel: this host has no VM type with private memory "
-                             f"(KVM_CAP_VM_TYPES={h.vm_types_mask:#x}, KVM_CAP_MEMORY_ATTRIBUTES="
-                             f"{h.system.get('MEMORY_ATTRIBUTES', 0):#x})")
-            except Exception as e:
-                notes.append(f"private tier not run: the test kernel could not be built: {e}")
-        else:
-            notes.append("private tier not run: no private memory on this host and no qemu-system-x86_64 "
-                         "(apt-get install qemu-system-x86) to boot the test kernel")
-    return tiers, notes
-
-
-def _run_tiers(args: argparse.Namespace, strict: bool) -> tuple[list, list[str]]:  # type: ignore[type-arg]
-    from .runner import run_tier
-    tiers, notes = _plan_tiers(args)
-    err = sys.stderr
+def _run_tiers(args: argparse.Namespace, strict: bool) -> list[TierResult]:
+    from .runner import plan_tiers, run_tiers
+    tiers, notes = plan_tiers(list(args.selection), kernel=args.kernel, tree=getattr(args, "tree", None),
+                              soak=getattr(args, "soak", None), quiet=args.quiet)
     for n in notes:
-        print(f"kvmffi: {n}", file=err)
-    results = []
-    fmt = getattr(args, "format", "pretty")
-    nested = fmt == "ktap" and len(tiers) > 1
-    if nested:
-        print("KTAP version 1")
-        print(f"1..{len(tiers)}")
-    for i, (name, sel, kernel) in enumerate(tiers, 1):
-        junit = getattr(args, "junit_xml", None)
-        if junit and len(tiers) > 1:
-            base, dot, ext = junit.rpartition(".")
-            junit = f"{base}-{name.split()[0]}.{ext}" if dot else f"{junit}-{name.split()[0]}"
-        print(f"kvmffi: {name}: {' '.join(sel)}" + (f" -k {args.k!r}" if args.k else "")
-              + (f" in test kernel {kernel}" if kernel else " on this host"), file=err, flush=True)
-        echo = _echo(nested, fmt)
-        r = run_tier(name, sel, keyword=args.k, fmt=fmt, junit=junit, strict=strict, kernel=kernel, echo=echo,
-                     numa=getattr(args, "numa", 0), kernel_args=getattr(args, "kernel_args", ""),
-                     extra_env={"KVMFFI_SOAK": str(args.soak)} if getattr(args, "soak", None) else None,
-                     timeout=max(args.timeout, (getattr(args, "soak", None) or 0) + 900))
-        results.append(r)
-        if nested:
-            print(("ok" if r.ksft != 1 else "not ok") + f" {i} {name.replace(' ', '_')}"
-                  + (" # SKIP nothing ran" if r.ksft == 4 else ""), flush=True)
-    for r in results:
-        print(f"kvmffi: {r.summary()}", file=err)
-    return results, notes
-
-
-def _echo(nested: bool, fmt: str) -> Callable[[str], None]:
-    """How a tier's output lines are shown: indented under a parent KTAP plan, KTAP on stdout with
-    pytest's other lines on stderr, or as they come."""
-    def indented(line: str) -> None:
-        print("    " + line if line else "", flush=True)
-
-    def split(line: str) -> None:
-        print(line, file=sys.stdout if _is_ktap(line) else sys.stderr, flush=True)
-
-    def plain(line: str) -> None:
-        print(line, flush=True)
-
-    return indented if nested else split if fmt == "ktap" else plain
-
-
-def _is_ktap(line: str) -> bool:
-    return line.startswith(("TAP version", "KTAP version", "1..", "ok ", "not ok ", "# ", "    "))
+        print(f"kvmffi: {n}", file=sys.stderr)
+    return run_tiers(tiers, keyword=args.k, fmt=getattr(args, "format", "pretty"),
+                     junit_xml=getattr(args, "junit_xml", None), strict=strict, numa=getattr(args, "numa", 0),
+                     kernel_args=getattr(args, "kernel_args", ""), soak=getattr(args, "soak", None),
+                     timeout=args.timeout)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .runner import KSFT_FAIL, KSFT_PASS, KSFT_SKIP
     try:
-        results, _ = _run_tiers(args, args.strict)
+        results = _run_tiers(args, args.strict)
     except Exception as e:
         print(f"kvmffi run: {e}", file=sys.stderr)
         return 2
@@ -205,7 +111,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         if not args.selection and not args.k:
             print("kvmffi bisect: name what to test (a path and/or -k EXPR): 125", file=sys.stderr)
             return BISECT_SKIP
-        results, _ = _run_tiers(args, strict=False)
+        results = _run_tiers(args, strict=False)
         verdict, why = bisect_verdict(results[0] if results else None)
     except KeyboardInterrupt as e:
         verdict, why = BISECT_SKIP, f"interrupted ({e or 'SIGINT'})"
@@ -250,7 +156,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         return 2
     fmt = "json" if args.json else args.format
     results = mx.run_matrix(configs, selection=args.selection or None, keyword=args.k, strict=args.strict,
-                            jobs=args.jobs, resolve=lambda k: _resolve_kernel(k, args.quiet), log_dir=args.logs)
+                            jobs=args.jobs, resolve=lambda k: resolve_kernel(k, args.quiet), log_dir=args.logs)
     if fmt == "json":
         print(mx.format_json(results))
     elif fmt == "ktap":
@@ -266,7 +172,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     if args.kernel:
         from .testkernel import BootError, boot
         try:
-            kernel = _resolve_kernel(args.kernel, args.quiet)
+            kernel = resolve_kernel(args.kernel, args.quiet)
         except Exception as e:
             print(f"kvmffi fuzz: cannot get a test kernel: {e}", file=sys.stderr)
             return 125

@@ -163,6 +163,119 @@ def run_tier(name: str, selection: list[str], *, keyword: str | None = None, fmt
     return res
 
 
+@dataclass
+class Tier:
+    name: str                 # "host tier", "private tier", "selection", ...
+    selection: list[str]      # tier names and/or pytest paths
+    kernel: str | None        # a test kernel image, or None for this host
+
+
+def resolve_kernel(kernel: str | None, quiet: bool = False) -> str:
+    """--kernel PATH, --kernel VERSION[-debug] (Debian's linux-source-VERSION, built once and cached: 6.12,
+    7.3, newest; -debug adds KASAN, lockdep, ...), or with none the default test kernel (6.12)."""
+    m = re.match(r"^(\d+\.\d+|newest)(-debug)?$", kernel or "")
+    if kernel and (os.path.exists(kernel) or not m):
+        return kernel
+    from .testkernel import build_kernel
+    if m:
+        return str(build_kernel(None, version=m.group(1), debug=bool(m.group(2)), quiet=quiet))
+    return str(build_kernel(None, quiet=quiet))
+
+
+def plan_tiers(selection: list[str], *, kernel: str | None = None, tree: str | None = None,
+               soak: float | None = None, quiet: bool = False) -> tuple[list[Tier], list[str]]:
+    """Which tiers to run and where, and notes on tiers left out: a selection runs as given (here, or
+    in ``kernel`` / a kernel built from ``tree``); with none, every tier this host can run, the private
+    tier in the default test kernel where this host has no private memory."""
+    from .caps import snapshot
+    from .suites import TIERS
+    image = resolve_kernel(kernel, quiet) if kernel else None
+    if tree:
+        from .testkernel import build_kernel
+        image = str(build_kernel(Path(tree), quiet=quiet))
+    if soak:
+        return [Tier("soak", selection or ["private/test_soak.py"], image)], []
+    if selection:
+        named = all(s.split("/")[0] in TIERS for s in selection)
+        return [Tier(f"{selection[0]} tier" if named and len(selection) == 1 else "selection", selection, image)], []
+    if image:
+        return [Tier("host tier", ["host"], image), Tier("private tier", ["private"], image)], []
+    h = snapshot()
+    tiers: list[Tier] = []
+    notes = []
+    if h.kvm_accessible and h.system.get("GUEST_MEMFD", 0) > 0:
+        tiers.append(Tier("host tier", ["host"], None))
+    else:
+        notes.append("host tier not run: " + (f"{h.kvm_path} not usable: {h.error}" if not h.kvm_accessible
+                                                else "KVM_CAP_GUEST_MEMFD is 0 on this kernel (needs Linux >= 6.8)"))
+    if any(v.private for v in h.per_vm_type):
+        tiers.append(Tier("private tier", ["private"], None))
+    else:
+        import shutil
+        if shutil.which("qemu-system-x86_64"):
+            try:
+                from .testkernel import build_kernel
+                tiers.append(Tier("private tier", ["private"], str(build_kernel(None, quiet=quiet))))
+                notes.append("private tier runs in the test kernel: this host has no VM type with private memory "
+                             f"(KVM_CAP_VM_TYPES={h.vm_types_mask:#x}, KVM_CAP_MEMORY_ATTRIBUTES="
+                             f"{h.system.get('MEMORY_ATTRIBUTES', 0):#x})")
+            except Exception as e:
+                notes.append(f"private tier not run: the test kernel could not be built: {e}")
+        else:
+            notes.append("private tier not run: no private memory on this host and no qemu-system-x86_64 "
+                         "(apt-get install qemu-system-x86) to boot the test kernel")
+    return tiers, notes
+
+
+def run_tiers(tiers: list[Tier], *, keyword: str | None = None, fmt: str = "pretty", junit_xml: str | None = None,
+              strict: bool = False, numa: int = 0, kernel_args: str = "", soak: float | None = None,
+              timeout: float = 1800.0) -> list[TierResult]:
+    """Run each tier in turn; with KTAP and several tiers, one KTAP subtest per tier on stdout."""
+    err = sys.stderr
+    results = []
+    nested = fmt == "ktap" and len(tiers) > 1
+    if nested:
+        print("KTAP version 1")
+        print(f"1..{len(tiers)}")
+    for i, t in enumerate(tiers, 1):
+        junit = junit_xml
+        if junit and len(tiers) > 1:
+            base, dot, ext = junit.rpartition(".")
+            junit = f"{base}-{t.name.split()[0]}.{ext}" if dot else f"{junit}-{t.name.split()[0]}"
+        print(f"kvmffi: {t.name}: {' '.join(t.selection)}" + (f" -k {keyword!r}" if keyword else "")
+              + (f" in test kernel {t.kernel}" if t.kernel else " on this host"), file=err, flush=True)
+        r = run_tier(t.name, t.selection, keyword=keyword, fmt=fmt, junit=junit, strict=strict, kernel=t.kernel,
+                     echo=echo_for(nested, fmt), numa=numa, kernel_args=kernel_args,
+                     extra_env={"KVMFFI_SOAK": str(soak)} if soak else None,
+                     timeout=max(timeout, (soak or 0) + 900))
+        results.append(r)
+        if nested:
+            print(("ok" if r.ksft != KSFT_FAIL else "not ok") + f" {i} {t.name.replace(' ', '_')}"
+                  + (" # SKIP nothing ran" if r.ksft == KSFT_SKIP else ""), flush=True)
+    for r in results:
+        print(f"kvmffi: {r.summary()}", file=err)
+    return results
+
+
+def echo_for(nested: bool, fmt: str) -> Callable[[str], None]:
+    """How a tier's output lines are shown: indented under a parent KTAP plan, KTAP on stdout with
+    pytest's other lines on stderr, or as they come."""
+    def indented(line: str) -> None:
+        print("    " + line if line else "", flush=True)
+
+    def split(line: str) -> None:
+        print(line, file=sys.stdout if is_ktap(line) else sys.stderr, flush=True)
+
+    def plain(line: str) -> None:
+        print(line, flush=True)
+
+    return indented if nested else split if fmt == "ktap" else plain
+
+
+def is_ktap(line: str) -> bool:
+    return line.startswith(("TAP version", "KTAP version", "1..", "ok ", "not ok ", "# ", "    "))
+
+
 def bisect_verdict(r: TierResult | None) -> tuple[int, str]:
     """(exit code, why) for `git bisect run`: 0 good, 1 bad, 125 cannot test."""
     if r is None:
