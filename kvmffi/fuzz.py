@@ -11,6 +11,7 @@ import errno as E
 import os
 import signal
 import threading
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,17 @@ class Stats:
     examples: int = 0
     answers: dict[str, dict[str, int]] = field(default_factory=dict)
     known: dict[str, int] = field(default_factory=dict)     # known kernel bugs hit, by name
+    planned: int = 0
+    started: float = 0.0
+    last_report: float = 0.0
+
+    def progress(self) -> None:
+        """A line on stderr every 30 s of a long run: sequences done, calls, elapsed."""
+        now = time.monotonic()
+        if now - self.last_report >= 30:
+            self.last_report = now
+            print(f"kvmffi fuzz: {self.examples - 1}/{self.planned} sequences, {self.calls} calls, "
+                  f"{now - self.started:.0f} s", file=sys.stderr, flush=True)
 
     def record(self, call: str, err: int) -> None:
         self.calls += 1
@@ -107,6 +119,7 @@ def build_machine(vm_type: VmType, log: KernelLog | None) -> type:
         def __init__(self) -> None:
             super().__init__()
             STATS.examples += 1
+            STATS.progress()
             self.script = ["from kvmffi import Kvm", f"kvm = Kvm(); vm = kvm.create_vm({int(vm_type)})",
                            "vcpu = vm.create_vcpu(0)"]
             self.names: dict[int, str] = {}
@@ -399,6 +412,8 @@ def fuzz(*, examples: int = 200, seed: int | None = None, vm_type: VmType = VmTy
     from hypothesis.stateful import run_state_machine_as_test
 
     STATS.calls, STATS.examples, STATS.answers, STATS.known = 0, 0, {}, {}
+    STATS.planned, STATS.started = examples, time.monotonic()
+    STATS.last_report = STATS.started
     with Kvm() as kvm:
         if int(vm_type) not in [int(t) for t in kvm.vm_types()]:
             raise ValueError(f"VM type {vm_type.name} is not offered here (KVM_CAP_VM_TYPES)")
