@@ -17,8 +17,10 @@ def where(image: GuestImage, rip: int) -> str:
     return f" ({' at '.join(parts)})" if parts else ""
 
 
-def unexpected_exit(image: GuestImage, vm: Vm, vcpu: Vcpu, ex: Exit | None, what: str | None = None) -> UnexpectedExit:
-    """The error for an exit nobody handled: what it was, where the guest was, its registers, the memslots."""
+def unexpected_exit(image: GuestImage, vm: Vm, vcpu: Vcpu, ex: Exit | None, what: str | None = None,
+                    last_ucall: str | None = None) -> UnexpectedExit:
+    """The error for an exit nobody handled: what it was, where the guest was, its registers, the
+    memslots, and the vCPU's last ucall (where it was in its program when the state is lost)."""
     try:
         regs = str(vcpu.get_regs())
         sregs = str(vcpu.get_sregs())
@@ -35,7 +37,8 @@ def unexpected_exit(image: GuestImage, vm: Vm, vcpu: Vcpu, ex: Exit | None, what
     if isinstance(ex, IoExit) and ex.direction is IoDirection.IN:
         head += " (an IN the test does not answer)"
     at = f"rip={rip:#x}{where(image, rip)}" if rip >= 0 else "rip unknown"
-    msg = (f"{head}\n  at {at}\n  regs: {regs}\n  sregs: {sregs}\n"
+    msg = (f"{head}\n  at {at}\n" + (f"  last ucall from this vCPU: {last_ucall}\n" if last_ucall else "")
+           + f"  regs: {regs}\n  sregs: {sregs}\n"
            f"  memslots:\n    " + vm.memslot_table().replace("\n", "\n    "))
     cls = GuestTripleFault if isinstance(ex, ShutdownExit) else UnexpectedExit
     return cls(msg, ex)

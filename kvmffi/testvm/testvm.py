@@ -352,6 +352,7 @@ class TestVm:
                 else:
                     uc = abi.header.unpack(self.read_gva(rdi, header_size))
                 cmd = uc[0]
+                s.last_ucall = uc
                 if cmd == sync:
                     s.syncs += 1
                     if on_sync is not None:
@@ -382,7 +383,7 @@ class TestVm:
             intr_since = None
             if on_exit is not None and on_exit(vcpu, ex):
                 continue
-            raise self._unexpected(vcpu, ex)
+            raise self._unexpected(vcpu, ex, last_ucall=s.last_ucall)
 
     def _ucall_slow(self, vcpu: Vcpu, cmd: int, uc: tuple[int, ...], rdi: int, result: RunResult) -> None:
         abi = self.abi
@@ -400,9 +401,14 @@ class TestVm:
             raise exception_error(uc[1:], lambda rip: where(self.image, rip))
         raise self._unexpected(vcpu, None, f"unknown ucall {cmd} from the guest")
 
-    def _unexpected(self, vcpu: Vcpu, ex: Exit | None, what: str | None = None) -> UnexpectedExit:
+    def _unexpected(self, vcpu: Vcpu, ex: Exit | None, what: str | None = None,
+                    last_ucall: tuple[int, ...] | None = None) -> UnexpectedExit:
         assert self.vm is not None
-        return unexpected_exit(self.image, self.vm, vcpu, ex, what)
+        last = None
+        if last_ucall is not None:
+            names = {self.abi.sync: "GUEST_SYNC", self.abi.printf: "GUEST_PRINTF", self.abi.done: "GUEST_DONE"}
+            last = f"{names.get(last_ucall[0], f'ucall {last_ucall[0]}')}{tuple(hex(a) for a in last_ucall[1:])}"
+        return unexpected_exit(self.image, self.vm, vcpu, ex, what, last)
 
     # -- teardown ----------------------------------------------------------
     def close(self) -> None:

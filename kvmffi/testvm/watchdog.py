@@ -37,6 +37,7 @@ class VcpuState:
     error: BaseException | None = None
     syncs: int = 0
     thread: threading.Thread | None = None
+    last_ucall: tuple[int, ...] | None = None   # the last ucall seen, for failure reports
 
 
 def kick(s: VcpuState) -> None:
