@@ -176,6 +176,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         except Exception as e:
             print(f"kvmffi fuzz: cannot get a test kernel: {e}", file=sys.stderr)
             return 125
+        from .guest.build import build_all
+        build_all()  # the test kernel's root is read-only: guest programs are built before boot
         cmd = [sys.executable, "-m", "kvmffi", "fuzz", "--examples", str(args.examples), "--steps", str(args.steps),
                "--vm-type", args.vm_type] + (["--seed", str(args.seed)] if args.seed is not None else [])
         try:
