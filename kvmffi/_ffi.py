@@ -1,10 +1,10 @@
-"""The raw layer: the only module that touches cffi.
+"""The raw layer's KVM half (``_libc`` is the other): with it, the only modules that touch cffi.
 
 Struct declarations are written from the KVM uAPI facts (include/uapi/linux/kvm.h),
 not from the distro's headers, so the bindings work on a userspace whose headers are
 older than the running kernel. ioctl numbers are computed with the ``_IOC`` encoding
-from the declared struct sizes. Nothing outside this module sees cdata: the helpers
-below return ints, bytes and addresses.
+from the declared struct sizes. Nothing outside the raw layer sees cdata: the helpers
+below take and return ints, bytes, tuples and dicts.
 """
 
 from __future__ import annotations
