@@ -464,13 +464,12 @@ class RunView:
     """A vCPU's mmap'ed struct kvm_run: the exit's fields as plain values, and what userspace writes
     back (immediate_exit, an IN's data, a hypercall's return, an MMIO read's data)."""
 
-    __slots__ = ("mm", "_run", "_io", "_unpack")
+    __slots__ = ("mm", "_run", "_io")
 
     def __init__(self, mm: _mmap.mmap) -> None:
         self.mm = mm
         self._run: Any = ffi.from_buffer("struct kvm_run *", mm)
         self._io: Any = self._run.io   # read on every exit: one level of lookup less
-        self._unpack = _u64.unpack_from
 
     def close(self) -> None:
         if self._run is not None:
@@ -478,10 +477,6 @@ class RunView:
             ffi.release(self._run)
             self._run = None
             self.mm.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._run is None
 
     def enter(self, fd: int, port: int) -> int:
         """KVM_RUN once: -1 if the exit is port I/O on ``port`` (nothing else read), else 0 or the errno.
@@ -563,10 +558,6 @@ class RunView:
     def sync_regs(self, on: bool) -> None:
         """Ask KVM to store the general-purpose registers in kvm_run at every exit (KVM_CAP_SYNC_REGS)."""
         self._run.kvm_valid_regs = KVM_SYNC_X86_REGS if on else 0
-
-    def sync_reg(self, name: str) -> int:
-        """A register as KVM stored it in kvm_run at the last exit (sync_regs on)."""
-        return self._unpack(self.mm, SYNC_REG_OFFSETS[name])[0]  # type: ignore[no-any-return]
 
     def read(self, offset: int, length: int) -> bytes:
         return self.mm[offset : offset + length]
