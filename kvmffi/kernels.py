@@ -206,3 +206,16 @@ def predates(feature: str, k: Kernel | None = None) -> bool:
     """True when the running kernel is older than the first release with ``feature``."""
     since = FEATURE_SINCE.get(feature)
     return since is not None and (k or running()).version < since
+
+
+def under_emulation() -> bool:
+    """Is this machine a QEMU TCG guest (the test kernels on a host without nested virtualization)?
+    Its CPU names itself so in /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return "QEMU TCG CPU" in line
+    except OSError:
+        pass
+    return False

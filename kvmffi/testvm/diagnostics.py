@@ -40,5 +40,8 @@ def unexpected_exit(image: GuestImage, vm: Vm, vcpu: Vcpu, ex: Exit | None, what
     msg = (f"{head}\n  at {at}\n" + (f"  last ucall from this vCPU: {last_ucall}\n" if last_ucall else "")
            + f"  regs: {regs}\n  sregs: {sregs}\n"
            f"  memslots:\n    " + vm.memslot_table().replace("\n", "\n    "))
-    cls = GuestTripleFault if isinstance(ex, ShutdownExit) else UnexpectedExit
-    return cls(msg, ex)
+    if isinstance(ex, ShutdownExit):
+        err = GuestTripleFault(msg, ex)
+        err.reset_state = rip == 0xFFF0
+        return err
+    return UnexpectedExit(msg, ex)

@@ -34,7 +34,10 @@ class UnexpectedExit(GuestError):
 
 
 class GuestTripleFault(UnexpectedExit):
-    """KVM_EXIT_SHUTDOWN: the guest triple-faulted; the message shows its registers."""
+    """KVM_EXIT_SHUTDOWN: the guest triple-faulted; the message shows its registers.
+    ``reset_state``: they are the vCPU's reset state (SVM reinitializes it on a shutdown)."""
+
+    reset_state: bool = False
 
 
 class Stopped(GuestError):

@@ -3,6 +3,8 @@
 import pytest
 
 from kvmffi import HypercallNr, Kvm
+from kvmffi.kernels import under_emulation
+from kvmffi.testvm import GuestTripleFault
 
 from .conversions import PER_VCPU, run_conversions
 
@@ -28,9 +30,22 @@ def test_conversions(kvm: Kvm, vm_type, via: str, fallocate: bool) -> None:
 
 @pytest.mark.parametrize("nr_vcpus,nr_memslots", [(2, 1), (2, 2), (1, 4)])
 def test_conversions_vcpus_and_memslots(kvm: Kvm, vm_type, nr_vcpus: int, nr_memslots: int) -> None:
-    """Several vCPUs convert their own chunks at once; several memslots over one guest_memfd."""
-    conv = run_conversions(kvm, vm_type, use_hypercall=True, fallocate=True, nr_vcpus=nr_vcpus,
-                           nr_memslots=nr_memslots)
+    """Several vCPUs convert their own chunks at once; several memslots over one guest_memfd.
+
+    Under QEMU TCG (the test kernels on a host without nested virtualization) about one run in 60
+    with two vCPUs ends in a triple fault whose registers are already the reset state, after a
+    2 MiB range was converted; the same kernel with the debug fragment logged, in this test, a
+    lockdep report of a timer interrupt taken with IF clear, which points at the emulation. That
+    one symptom, there, is an expected failure that shows the whole report; anything else fails.
+    """
+    try:
+        conv = run_conversions(kvm, vm_type, use_hypercall=True, fallocate=True, nr_vcpus=nr_vcpus,
+                               nr_memslots=nr_memslots)
+    except GuestTripleFault as e:
+        if nr_vcpus > 1 and e.reset_state and under_emulation():
+            pytest.xfail(f"triple fault with the reset state under QEMU TCG (intermittent, suspected in the "
+                         f"emulation, not yet explained): {e}")
+        raise
     assert conv.ranges_done == {i: list(range(N_RANGES)) for i in range(nr_vcpus)}
     assert PER_VCPU * nr_vcpus % nr_memslots == 0
 
