@@ -1,4 +1,5 @@
-"""Build guest programs with the system gcc, cached by a hash of sources, flags and compiler."""
+"""Build guest programs with the system gcc, cached by a hash of sources, flags and compiler; each
+ELF gets its manifest (see :mod:`kvmffi.guest.elf`) written beside it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from ..cache import cache_dir
+from .elf import manifest_path, write_manifest
 
 CFLAGS = ["-ffreestanding", "-fno-pic", "-fno-pie", "-static", "-nostdlib", "-no-pie", "-mno-red-zone",
           "-mgeneral-regs-only", "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-fcf-protection=none",
@@ -108,6 +110,11 @@ def _build(program: str, root: Path, cc: str, srcs: list[Path], lds: Path, heade
     name = Path(program).stem
     out = cache_dir() / "guests" / f"{name}-{h.hexdigest()[:16]}.elf"
     if out.exists():
+        if not manifest_path(out).exists():
+            try:
+                write_manifest(out)
+            except OSError:
+                pass  # a read-only cache (the test kernel's): the ELF is parsed where it is loaded
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
@@ -118,6 +125,7 @@ def _build(program: str, root: Path, cc: str, srcs: list[Path], lds: Path, heade
         if r.returncode != 0:
             raise GuestBuildError(f"building guest program {srcs[-1]} failed ({cc_id}):\n{r.stderr.strip()}")
         shutil.move(str(tmp_out), out)
+    write_manifest(out)
     return out
 
 

@@ -1,18 +1,24 @@
 """Load a guest ELF with pyelftools: PT_LOAD segments, the symbol table, and from its debug
 information the line table, the enumerators and the struct layouts (the guest headers are the one
-source of every constant the host shares with the guest)."""
+source of every constant the host shares with the guest).
+
+Parsing DWARF is slow (seconds under emulation), so a guest build also writes a manifest beside the
+ELF (``NAME.elf.json``): what :func:`load` reads from the ELF, the debug information's enumerators and
+struct layouts included, derived once from that same ELF. :func:`load_cached` uses it when it
+matches the ELF's size and mtime, and parses the ELF otherwise; the line table (for diagnostics)
+is always read from the ELF, on first use.
+"""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.constants import P_FLAGS
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
+MANIFEST_VERSION = 1
 
 
 class GuestElfError(ValueError):
@@ -26,6 +32,7 @@ class Segment:
     memsz: int
     executable: bool
     writable: bool
+    offset: int = 0  # of data in the file
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ class GuestImage:
 
     def _debug_types(self) -> tuple[dict[str, int], dict[str, StructLayout]]:
         if self._types is None:
+            from elftools.elf.elffile import ELFFile
             try:
                 elf = ELFFile(io.BytesIO(self._data))
                 self._types = _types(elf) if elf.has_dwarf_info() else ({}, {})
@@ -84,6 +92,7 @@ class GuestImage:
     def lines(self) -> list[tuple[int, str, int]]:
         """(address, file, line) from the DWARF line table, sorted; parsed on first use (it is slow)."""
         if self._lines is None:
+            from elftools.elf.elffile import ELFFile
             try:
                 elf = ELFFile(io.BytesIO(self._data))
                 self._lines = _line_table(elf) if elf.has_dwarf_info() else []
@@ -123,17 +132,62 @@ _cache: dict[tuple[str, int, int], GuestImage] = {}
 
 
 def load_cached(path: str | Path) -> GuestImage:
-    """:func:`load`, remembered per (path, size, mtime): TestVms of one program share the parse."""
+    """:func:`load`, remembered per (path, size, mtime): TestVms of one program share the parse.
+    The ELF's manifest stands in for the parse where it describes this very file."""
     st = os.stat(path)
     key = (str(path), st.st_size, st.st_mtime_ns)
     img = _cache.get(key)
     if img is None:
-        img = _cache[key] = load(path)
+        img = _from_manifest(path, st.st_size, st.st_mtime_ns) or load(path)
+        _cache[key] = img
     return img
+
+
+def manifest_path(path: str | Path) -> Path:
+    return Path(f"{path}.json")
+
+
+def write_manifest(path: str | Path) -> Path:
+    """Parse the ELF at ``path`` (segments, symbols, enumerators, struct layouts) and write its manifest."""
+    path = str(path)
+    img = load(path)
+    consts, structs = img._debug_types()
+    st = os.stat(path)
+    doc = {"version": MANIFEST_VERSION, "elf_size": st.st_size, "elf_mtime_ns": st.st_mtime_ns, "entry": img.entry,
+           "segments": [[s.gpa, s.offset, len(s.data), s.memsz, s.executable, s.writable] for s in img.segments],
+           "symbols": {n: [s.addr, s.size] for n, s in img.symbols.items()},
+           "constants": consts, "structs": {n: [s.size, s.offsets] for n, s in structs.items()}}
+    out = manifest_path(path)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(doc, sort_keys=True))
+    os.replace(tmp, out)
+    return out
+
+
+def _from_manifest(path: str | Path, size: int, mtime_ns: int) -> GuestImage | None:
+    try:
+        doc: dict[str, Any] = json.loads(manifest_path(path).read_text())
+        if (doc.get("version"), doc.get("elf_size"), doc.get("elf_mtime_ns")) != (MANIFEST_VERSION, size, mtime_ns):
+            return None
+        with open(path, "rb") as f:
+            data = f.read()
+        if len(data) != size:
+            return None
+        segs = [Segment(gpa, data[off:off + fsz], msz, x, w, off) for gpa, off, fsz, msz, x, w in doc["segments"]]
+        img = GuestImage(str(path), doc["entry"], segs,
+                         {n: Symbol(n, a, sz) for n, (a, sz) in doc["symbols"].items()}, _data=data)
+        img._types = (doc["constants"], {n: StructLayout(sz, offs) for n, (sz, offs) in doc["structs"].items()})
+        return img
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no manifest, or not one this version wrote: parse the ELF
 
 
 def load(path: str | Path, data: bytes | None = None) -> GuestImage:
     """Parse an ELF file (or ``data``). Raises GuestElfError for anything not loadable."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.constants import P_FLAGS
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
     path = str(path)
     if data is None:
         try:
@@ -158,7 +212,7 @@ def load(path: str | Path, data: bytes | None = None) -> GuestImage:
             if fsz > msz:
                 raise GuestElfError(f"{path}: PT_LOAD at {seg['p_paddr']:#x} has filesz {fsz:#x} > memsz {msz:#x}")
             segs.append(Segment(seg["p_paddr"], data[off:off + fsz], msz, bool(seg["p_flags"] & P_FLAGS.PF_X),
-                                bool(seg["p_flags"] & P_FLAGS.PF_W)))
+                                bool(seg["p_flags"] & P_FLAGS.PF_W), off))
         if not segs:
             raise GuestElfError(f"{path} has no PT_LOAD segment")
         img = GuestImage(path, elf["e_entry"], segs, _data=data)
@@ -176,7 +230,7 @@ def load(path: str | Path, data: bytes | None = None) -> GuestImage:
     return img
 
 
-def _line_table(elf: ELFFile) -> list[tuple[int, str, int]]:
+def _line_table(elf: Any) -> list[tuple[int, str, int]]:
     out = []
     dw = elf.get_dwarf_info()
     for cu in dw.iter_CUs():
@@ -196,7 +250,7 @@ def _line_table(elf: ELFFile) -> list[tuple[int, str, int]]:
     return out
 
 
-def _types(elf: ELFFile) -> tuple[dict[str, int], dict[str, StructLayout]]:
+def _types(elf: Any) -> tuple[dict[str, int], dict[str, StructLayout]]:
     consts: dict[str, int] = {}
     structs: dict[str, StructLayout] = {}
     for cu in elf.get_dwarf_info().iter_CUs():

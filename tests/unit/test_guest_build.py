@@ -1,5 +1,6 @@
 """Guest build and ELF loading (needs gcc, not /dev/kvm)."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -58,6 +59,32 @@ def test_loader_finds_segments_entry_and_symbols(guest_tree: Path) -> None:
         img.symbol("nope")
     gm = img.symbol("guest_main")
     assert (img.source_line(gm.addr) or "").startswith("sync_loop.c:")
+
+
+def test_manifest_says_what_parsing_the_elf_says(guest_tree: Path) -> None:
+    path = build.build("sync_loop")
+    assert elf.manifest_path(path).exists()
+    parsed = elf.load(path)
+    elf._cache.clear()
+    from_manifest = elf.load_cached(path)
+    assert from_manifest._types is not None  # taken from the manifest, no DWARF read
+    assert from_manifest.entry == parsed.entry and from_manifest.segments == parsed.segments
+    assert from_manifest.symbols == parsed.symbols
+    assert from_manifest.constants == parsed.constants and from_manifest.constants["UCALL_SYNC"] >= 0
+    assert from_manifest.struct("ucall") == parsed.struct("ucall")
+    assert from_manifest.source_line(parsed.symbol("guest_main").addr) == parsed.source_line(parsed.symbol("guest_main").addr)
+
+
+def test_a_stale_manifest_is_ignored(guest_tree: Path) -> None:
+    path = build.build("sync_loop")
+    m = elf.manifest_path(path)
+    m.write_text(m.read_text().replace('"entry": ', '"entry": 1'))  # a manifest that lies...
+    os.utime(path, ns=(1, 1))                                         # ...about another version of the file
+    elf._cache.clear()
+    assert elf.load_cached(path).entry == elf.load(path).entry == 0x100000
+    m.write_text("{not json")
+    os.utime(path, ns=(2, 2))
+    assert elf.load_cached(path).entry == 0x100000
 
 
 def test_truncated_elf_is_a_clear_error(guest_tree: Path, tmp_path: Path) -> None:
