@@ -280,9 +280,11 @@ _REGS = _struct.Struct("<18Q")                                   # struct kvm_re
 _SREGS = _struct.Struct("<" + "QIH9Bx" * 8 + "QH6x" * 2 + "7Q" + "4Q")  # kvm_sregs, flattened
 _REGION = _struct.Struct("<IIQQQ")                               # kvm_userspace_memory_region
 _REGION2 = _struct.Struct("<IIQQQQI4x112x")                      # kvm_userspace_memory_region2
+_ATTRS = _struct.Struct("<4Q")                                   # kvm_memory_attributes
 assert _REGS.size == ffi.sizeof("struct kvm_regs") and _SREGS.size == ffi.sizeof("struct kvm_sregs")
 assert _REGION.size == ffi.sizeof("struct kvm_userspace_memory_region")
 assert _REGION2.size == ffi.sizeof("struct kvm_userspace_memory_region2")
+assert _ATTRS.size == ffi.sizeof("struct kvm_memory_attributes")
 _M32, _M64 = (1 << 32) - 1, (1 << 64) - 1
 
 
@@ -331,6 +333,12 @@ def set_user_memory_region2(fd: int, slot: int, flags: int, gpa: int, size: int,
     arg = _REGION2.pack(slot & _M32, flags & _M32, gpa & _M64, size & _M64, uaddr & _M64, offset & _M64,
                         guest_memfd & _M32)
     return _ioctl_buf(fd, KVM_SET_USER_MEMORY_REGION2, bytearray(arg))
+
+
+def set_memory_attributes(fd: int, address: int, size: int, attributes: int, flags: int) -> int:
+    """KVM_SET_MEMORY_ATTRIBUTES; any bit pattern is passed truncated to 64 bits. Returns 0 or the errno."""
+    arg = _ATTRS.pack(address & _M64, size & _M64, attributes & _M64, flags & _M64)
+    return _ioctl_buf(fd, KVM_SET_MEMORY_ATTRIBUTES, bytearray(arg))
 
 
 def reg_reader(fd: int) -> Any:

@@ -194,9 +194,8 @@ class Vm(FdOwner):
     # -- memory attributes --------------------------------------------------
     def set_memory_attributes(self, gpa: int, size: int, attributes: MemoryAttribute | int, flags: int = 0) -> None:
         """KVM_SET_MEMORY_ATTRIBUTES (KVM_CAP_MEMORY_ATTRIBUTES): PRIVATE or 0 (shared) for a GPA range."""
-        ret, err, _ = _ffi.ioctl_struct(self.fileno(), _ffi.KVM_SET_MEMORY_ATTRIBUTES, "struct kvm_memory_attributes",
-                                        {"address": gpa, "size": size, "attributes": int(attributes), "flags": flags})
-        if ret < 0:
+        err = _ffi.set_memory_attributes(self.fileno(), gpa, size, int(attributes), flags)
+        if err:
             hint = ""
             if err == _errno.ENOTTY:
                 hint = ("this kernel has no KVM_SET_MEMORY_ATTRIBUTES (KVM_CAP_MEMORY_ATTRIBUTES = 0); "
