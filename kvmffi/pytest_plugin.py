@@ -531,9 +531,12 @@ def _kvm_fds() -> dict[int, str]:
     return out
 
 
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd")) - 1  # less the one listing it
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    import psutil
-    _st().baseline = (set(_kvm_fds()), psutil.Process().num_fds(), {t.ident for t in threading.enumerate()})
+    _st().baseline = (set(_kvm_fds()), _open_fds(), {t.ident for t in threading.enumerate()})
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -542,8 +545,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not st.active or st.baseline is None or cfg.getoption("--kvm-no-leak-check"):
         return
     import gc
-
-    import psutil
     gc.collect()
     before_fds, before_n, before_threads = st.baseline
     leaked = {fd: link for fd, link in _kvm_fds().items() if fd not in before_fds}
@@ -554,7 +555,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if threads:
         msgs.append("threads left running at session end: " + ", ".join(t.name for t in threads))
     tr = cfg.pluginmanager.get_plugin("terminalreporter")
-    n = psutil.Process().num_fds()
+    n = _open_fds()
     ktap = cfg.pluginmanager.get_plugin("kvmffi-ktap")
     if ktap is not None and msgs:
         for m in msgs:

@@ -101,6 +101,7 @@ def prepare_bytecode(selection: list[str], cwd: str, env: dict[str, str]) -> Non
         compileall.compile_dir(str(d), quiet=1)
     cmd = [sys.executable, *pytest_args(selection, None, "pretty", os.devnull, None), "--collect-only", "-q"]
     cmd[3:3] = ["-p", "kvmffi.pytest_plugin"]
+    env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}  # writing them is the point
     subprocess.run(cmd, cwd=cwd, env=dict(env, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", KVMFFI_LOG_GATE="off"),
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
 

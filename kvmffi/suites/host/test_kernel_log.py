@@ -3,6 +3,12 @@ its report; lines written from userspace do not count. Proven with LKDTM, which 
 print a real WARNING (the kvmffi test kernels have CONFIG_LKDTM and debugfs)."""
 
 import os
+import re
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -68,21 +74,28 @@ def test_userspace_writes_a_fake_warning(kernel_log):
 '''
 
 
-def _run_inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, source: str) -> pytest.RunResult:
-    pytester.makepyfile(source)
-    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-    monkeypatch.delenv("KVMFFI_STRICT", raising=False)
-    return pytester.runpytest_subprocess("-p", "kvmffi.pytest_plugin", "-p", "no:cacheprovider",
-                                         "--kvm-no-leak-check", "--kvm-log-gate=on", "-rA")
+def _run_inner(name: str, source: str) -> tuple[dict[str, int], str]:
+    """Run ``source`` as the test module ``name``.py in a pytest process of its own with the gate on
+    (no strict mode, no leak check): its outcomes by kind ({"passed": 1, ...}) and its output."""
+    with tempfile.TemporaryDirectory(prefix="kvmffi-gate-") as d:
+        Path(d, f"{name}.py").write_text(textwrap.dedent(source))
+        env = {k: v for k, v in os.environ.items() if k != "KVMFFI_STRICT"}
+        env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+        r = subprocess.run([sys.executable, "-m", "pytest", "-p", "kvmffi.pytest_plugin", "-p", "no:cacheprovider",
+                            "--kvm-no-leak-check", "--kvm-log-gate=on", "-rA", f"--rootdir={d}", f"{name}.py"],
+                           cwd=d, env=env, capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    summary = [line for line in out.splitlines() if re.match(r"^=+ .* in [\d.]+s", line)]
+    assert summary, f"the inner pytest (exit {r.returncode}) printed no summary:\n{out}"
+    return {kind.rstrip("s") if kind == "errors" else kind: int(n)
+            for n, kind in re.findall(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)", summary[-1])}, out
 
 
 @pytest.mark.kernel_splat("WARNING")
-def test_gate_fails_the_test_that_made_the_kernel_warn(pytester: pytest.Pytester,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gate_fails_the_test_that_made_the_kernel_warn() -> None:
     need_lkdtm()
-    r = _run_inner(pytester, monkeypatch, INNER)
-    r.assert_outcomes(passed=1, failed=2)
-    out = r.stdout.str()
+    outcomes, out = _run_inner("test_gate_fails_the_test_that_made_the_kernel_warn", INNER)
+    assert outcomes == {"passed": 1, "failed": 2}, out
     assert "FAILED test_gate_fails_the_test_that_made_the_kernel_warn.py::test_warns_unexpectedly" in out
     assert "FAILED test_gate_fails_the_test_that_made_the_kernel_warn.py::test_warns_but_expects_another_kind" in out
     assert "the kernel logged 1 splat(s) during the test: WARNING" in out
@@ -90,8 +103,8 @@ def test_gate_fails_the_test_that_made_the_kernel_warn(pytester: pytest.Pytester
     assert "drivers/misc/lkdtm/bugs.c" in out and "Call Trace:" in out and "---[ end trace" in out
 
 
-def test_userspace_lines_do_not_trip_the_gate(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_userspace_lines_do_not_trip_the_gate() -> None:
     if not os.access("/dev/kmsg", os.R_OK | os.W_OK):
         pytest.skip("/dev/kmsg is not readable and writable here (run as root)")
-    r = _run_inner(pytester, monkeypatch, USERSPACE)
-    r.assert_outcomes(passed=1)
+    outcomes, out = _run_inner("test_userspace_lines_do_not_trip_the_gate", USERSPACE)
+    assert outcomes == {"passed": 1}, out
