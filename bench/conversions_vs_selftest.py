@@ -32,6 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from kvmffi.runner import pytest_args  # noqa: E402
 from kvmffi.suites import TIERS  # noqa: E402
 
 TEST = "private_mem_conversions_test"
@@ -48,10 +49,9 @@ def inside(selftest: str) -> dict[str, float | int]:
     """In the test kernel: time the selftest, the scenario and the pytest processes."""
     st_s, st_rc = min(wall([selftest]) for _ in range(3))
     node = str(TIERS["private"] / "test_conversions.py") + "::test_conversions"
-    base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "kvmffi.pytest_plugin",
-            f"--rootdir={TIERS['private'].parent}"]
-    startup_s, _ = min(wall(base + ["--collect-only", node, "-k", "hypercall"]) for _ in range(3))
-    pytest_s, pytest_rc = min(wall(base + [node, "-k", "hypercall"]) for _ in range(3))
+    base = [sys.executable, *pytest_args([node], "hypercall", "pretty", os.devnull, None, lean=True)]  # as `kvmffi run`
+    startup_s, _ = min(wall(base + ["--collect-only"]) for _ in range(3))
+    pytest_s, pytest_rc = min(wall(base) for _ in range(3))
     from kvmffi import Kvm, VmType
     from kvmffi.suites.private.conversions import run_conversions
     from kvmffi.testvm import install_kick_handler
@@ -103,7 +103,7 @@ def main() -> int:
     from kvmffi.testkernel import boot
     image, exe = build_selftest(a.version)
     build_all()
-    prepare_bytecode(["private/test_conversions.py"], os.getcwd(), dict(os.environ))
+    prepare_bytecode(["private/test_conversions.py::test_conversions"], os.getcwd(), dict(os.environ))
     r = boot(image, [sys.executable, str(Path(__file__).resolve()), "--inside", str(exe)], timeout=900)
     lines = [line for line in r.output if line.startswith("KVMFFI-BENCH ")]
     if r.returncode != 0 or not lines:

@@ -71,13 +71,27 @@ def parse_ktap(text: str, res: TierResult) -> None:
             res.outcomes[line.split(" ", 3)[-1]] = "failed"
 
 
-def pytest_args(selection: list[str], keyword: str | None, fmt: str, ktap_file: str, junit: str | None) -> list[str]:
-    """pytest's arguments for a selection of tier names (host, private, host/test_vm.py) and paths."""
+# Built-in plugins the suites never use: under emulation each costs start-up time, so kvmffi's
+# runs of its own suites inside a test kernel leave them out (--pdb, doctests, unittest, tmpdir, ...).
+UNUSED_BUILTIN_PLUGINS = ("debugging", "doctest", "legacypath", "pastebin", "setuponly", "setupplan", "stepwise",
+                          "subtests", "unittest")
+
+
+def pytest_args(selection: list[str], keyword: str | None, fmt: str, ktap_file: str, junit: str | None,
+                lean: bool = False) -> list[str]:
+    """pytest's arguments for a selection of tier names (host, private, host/test_vm.py) and paths.
+    ``lean`` (for the test kernel): only kvmffi's plugin and the built-in ones the suites use."""
     from .suites import SUITES_DIR, resolve
     paths = resolve(selection)
-    args = ["-m", "pytest", "-p", "no:cacheprovider", "-p", "pytester", f"--ktap-file={ktap_file}"]
-    if paths and all(Path(p.split("::")[0]).resolve().is_relative_to(SUITES_DIR) for p in paths):
+    args = ["-m", "pytest", "-p", "no:cacheprovider", f"--ktap-file={ktap_file}"]
+    in_suites = bool(paths) and all(Path(p.split("::")[0]).resolve().is_relative_to(SUITES_DIR) for p in paths)
+    if in_suites:
         args.append(f"--rootdir={SUITES_DIR}")  # node ids read "host/test_vm.py::..." wherever kvmffi is installed
+    if lean:
+        args[2:2] = ["-p", "kvmffi.pytest_plugin"]
+        if in_suites:  # paths of the user's own may use any of them
+            for name in UNUSED_BUILTIN_PLUGINS + (() if junit else ("junitxml",)):
+                args[2:2] = ["-p", f"no:{name}"]
     if fmt == "ktap":
         args.append("--ktap")
     elif fmt == "junit":
@@ -99,8 +113,7 @@ def prepare_bytecode(selection: list[str], cwd: str, env: dict[str, str]) -> Non
     from .cache import cache_dir
     for d in (Path(__file__).resolve().parent, cache_dir() / "cffi"):
         compileall.compile_dir(str(d), quiet=1)
-    cmd = [sys.executable, *pytest_args(selection, None, "pretty", os.devnull, None), "--collect-only", "-q"]
-    cmd[3:3] = ["-p", "kvmffi.pytest_plugin"]
+    cmd = [sys.executable, *pytest_args(selection, None, "pretty", os.devnull, None, lean=True), "--collect-only", "-q"]
     env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}  # writing them is the point
     subprocess.run(cmd, cwd=cwd, env=dict(env, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", KVMFFI_LOG_GATE="off"),
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
@@ -146,8 +159,7 @@ def run_tier(name: str, selection: list[str], *, keyword: str | None = None, fmt
         results = Path(tmp)
         # under emulation every imported plugin costs seconds: load only kvmffi's
         cmd = [sys.executable, *pytest_args(selection, keyword, fmt, "{out}/result.ktap",
-                                            "{out}/junit.xml" if junit else None)]
-        cmd[3:3] = ["-p", "kvmffi.pytest_plugin"]
+                                            "{out}/junit.xml" if junit else None, lean=True)]
         benv = {"KVMFFI_STRICT": "1" if strict else "0", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", **(extra_env or {})}
         try:
             r = boot(kernel, cmd, cpus=cpus, timeout=timeout, cwd=str(root), echo=echo, env=benv, results_dir=results,
