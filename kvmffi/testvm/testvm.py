@@ -30,7 +30,7 @@ from ..hints import require_gmem_flags
 from ..memory import HostMemory, RawMapping
 from ..system import Kvm
 from ..uapi import GuestMemfdFlag, MemslotFlag, VmType
-from ..vcpu import Vcpu
+from ..vcpu import Regs, Vcpu
 from ..vm import Vm
 from .backing import Backing
 from .diagnostics import unexpected_exit, where
@@ -153,7 +153,8 @@ class TestVm:
         sregs = v.get_sregs()
         x86.setup_long_mode(sregs, self.pt.pml4)
         v.set_sregs(sregs)
-        v.set_regs(rip=self.image.entry, rsp=self.low_size - i * STACK_SIZE, rdi=i, rflags=0x2)
+        # every register given (the rest 0): no KVM_GET_REGS first
+        v.set_regs(Regs(rip=self.image.entry, rsp=self.low_size - i * STACK_SIZE, rdi=i, rflags=0x2))
         return v
 
     def restart(self) -> None:
