@@ -98,12 +98,10 @@ def main() -> int:
     if a.inside:
         print("KVMFFI-BENCH " + json.dumps(inside(a.inside)), flush=True)
         return 0
-    from kvmffi.guest.build import build_all
-    from kvmffi.runner import prepare_bytecode
+    from kvmffi.runner import prepare_test_kernel
     from kvmffi.testkernel import boot
     image, exe = build_selftest(a.version)
-    build_all()
-    prepare_bytecode(["private/test_conversions.py::test_conversions"], os.getcwd(), dict(os.environ))
+    prepare_test_kernel(["private/test_conversions.py::test_conversions"], os.getcwd())
     r = boot(image, [sys.executable, str(Path(__file__).resolve()), "--inside", str(exe)], timeout=900)
     lines = [line for line in r.output if line.startswith("KVMFFI-BENCH ")]
     if r.returncode != 0 or not lines:

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from .runner import resolve_kernel
+from .runner import prepare_test_kernel, resolve_kernel
 
 if TYPE_CHECKING:
     from .runner import TierResult
@@ -44,7 +44,6 @@ def cmd_kernel_build(args: argparse.Namespace) -> int:
 
 
 def cmd_vm(args: argparse.Namespace) -> int:
-    from .guest.build import build_all
     from .testkernel import BootError, boot
     cmd = list(args.command)
     if cmd and cmd[0] == "--":
@@ -58,7 +57,7 @@ def cmd_vm(args: argparse.Namespace) -> int:
         print(f"kvmffi vm: cannot get a test kernel: {e}", file=sys.stderr)
         return 125
     try:
-        build_all()  # the guest's root is read-only: guest programs must be built before boot
+        prepare_test_kernel()  # the guest's root is read-only: guest programs and bytecode are made before boot
     except Exception as e:
         print(f"kvmffi vm: warning: guest programs not prebuilt: {e}", file=sys.stderr)
     try:
@@ -176,8 +175,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         except Exception as e:
             print(f"kvmffi fuzz: cannot get a test kernel: {e}", file=sys.stderr)
             return 125
-        from .guest.build import build_all
-        build_all()  # the test kernel's root is read-only: guest programs are built before boot
+        prepare_test_kernel()  # the test kernel's root is read-only: guest programs and bytecode are made before boot
         cmd = [sys.executable, "-m", "kvmffi", "fuzz", "--examples", str(args.examples), "--steps", str(args.steps),
                "--vm-type", args.vm_type] + (["--seed", str(args.seed)] if args.seed is not None else [])
         try:

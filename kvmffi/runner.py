@@ -103,19 +103,26 @@ def pytest_args(selection: list[str], keyword: str | None, fmt: str, ktap_file: 
     return args + paths
 
 
-def prepare_bytecode(selection: list[str], cwd: str, env: dict[str, str]) -> None:
-    """Compile on the host what Python and pytest would compile in the test kernel, whose root is
-    read-only (nothing written there is kept): kvmffi's modules, and pytest's assertion-rewritten
-    test modules (a collection here writes them; the test kernel's pytest reads them)."""
+def prepare_test_kernel(selection: list[str] | None = None, cwd: str | None = None,
+                        env: dict[str, str] | None = None) -> None:
+    """What the test kernel cannot write for itself, its root being read-only (nothing written
+    there is kept), made on the host before a boot: the guest programs (and their manifests);
+    kvmffi's bytecode and its cffi modules; and, given a ``selection`` of suites, pytest's
+    assertion-rewritten test modules (a collection here writes them, pytest there reads them).
+    Raises GuestBuildError if a guest program does not build."""
     import compileall
 
     from . import _ffi, _libc  # noqa: F401  (their cffi declarations land in the cache, then compiled)
     from .cache import cache_dir
+    from .guest.build import build_all
+    build_all()
     for d in (Path(__file__).resolve().parent, cache_dir() / "cffi"):
         compileall.compile_dir(str(d), quiet=1)
+    if not selection:
+        return
     cmd = [sys.executable, *pytest_args(selection, None, "pretty", os.devnull, None, lean=True), "--collect-only", "-q"]
-    env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}  # writing them is the point
-    subprocess.run(cmd, cwd=cwd, env=dict(env, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", KVMFFI_LOG_GATE="off"),
+    penv = {k: v for k, v in (env or os.environ).items() if k != "PYTHONDONTWRITEBYTECODE"}  # writing them is the point
+    subprocess.run(cmd, cwd=cwd, env=dict(penv, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", KVMFFI_LOG_GATE="off"),
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
 
 
@@ -146,15 +153,13 @@ def run_tier(name: str, selection: list[str], *, keyword: str | None = None, fmt
                 parse_ktap(Path(ktap).read_text(), res)
         return res
 
-    from .guest.build import build_all
     from .testkernel import BootError, boot
     res = TierResult(name, f"test kernel {kernel}")
     try:
-        build_all()
+        prepare_test_kernel(selection, root, env)
     except Exception as e:
         res.infra_error = f"building the guest programs failed: {e}"
         return res
-    prepare_bytecode(selection, root, env)
     with tempfile.TemporaryDirectory(prefix="kvmffi-run-") as tmp:
         results = Path(tmp)
         # under emulation every imported plugin costs seconds: load only kvmffi's
