@@ -295,8 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--numa", type=int, default=0, metavar="N", help="split memory and CPUs into N NUMA nodes")
     v.add_argument("--kernel-args", default="", metavar="ARGS", help="kernel command line additions (KVM parameters)")
     v.add_argument("--timeout", type=float, default=900.0, help="seconds for boot and command together")
-    v.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"],
-                   help="auto: KVM where the host offers nested virtualization, else TCG")
+    v.add_argument("--accel", default="auto",
+                   help="auto: KVM where the host offers nested virtualization, else TCG on one host thread "
+                        "(tcg); or any QEMU -accel value, e.g. tcg,thread=multi")
     v.add_argument("-q", "--quiet", action="store_true")
     v.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND...")
     v.set_defaults(fn=cmd_vm)
