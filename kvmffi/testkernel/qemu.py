@@ -74,35 +74,40 @@ def choose_accel(accel: str = "auto") -> str:
     return TCG if accel == "tcg" else accel
 
 
+def _mounts(out_dir: Path) -> list[tuple[str, str, str, str]]:
+    """The test kernel's mounts after /proc, as (source, target, type, options); options starting
+    with X-mount or nofail are mount(8)'s own (nofail: may fail quietly; /dev is usually mounted
+    by the kernel already)."""
+    return [("sys", "/sys", "sysfs", "defaults"), ("devtmpfs", "/dev", "devtmpfs", "nofail"),
+            ("run", "/run", "tmpfs", "defaults"), ("tmp", "/run/kvmffi-tmp", "tmpfs", "X-mount.mkdir"),
+            ("home", "/run/kvmffi-home", "tmpfs", "X-mount.mkdir"), ("shm", "/dev/shm", "tmpfs", "X-mount.mkdir"),
+            ("none", "/dev/hugepages", "hugetlbfs", "X-mount.mkdir,nofail"),
+            ("none", "/sys/kernel/debug", "debugfs", "nofail"),
+            ("kvmffiout", str(out_dir), "9p", "trans=virtio,version=9p2000.L,msize=262144")]
+
+
 def _fstab(out_dir: Path) -> str:
-    """The test kernel's mounts but /proc (mount reads its table there), for one ``mount -a``: each
-    program started under emulation costs about 0.1 s."""
-    return f"""sys /sys sysfs defaults 0 0
-devtmpfs /dev devtmpfs defaults 0 0
-run /run tmpfs defaults 0 0
-tmp /run/kvmffi-tmp tmpfs X-mount.mkdir 0 0
-home /run/kvmffi-home tmpfs X-mount.mkdir 0 0
-shm /dev/shm tmpfs X-mount.mkdir 0 0
-none /dev/hugepages hugetlbfs X-mount.mkdir,nofail 0 0
-none /sys/kernel/debug debugfs nofail 0 0
-kvmffiout {out_dir} 9p trans=virtio,version=9p2000.L,msize=262144 0 0
-"""
+    """The mounts for one ``mount -a``: each program started under emulation costs about 0.1 s."""
+    return "".join(f"{src} {dst} {kind} {opts} 0 0\n" for src, dst, kind, opts in _mounts(out_dir))
+
+
+def _mount_one_by_one(out_dir: Path) -> str:
+    """The same mounts, one mount(8) each, for a mount without ``-a -T``."""
+    lines = []
+    for src, dst, kind, opts in _mounts(out_dir):
+        fs_opts = ",".join(o for o in opts.split(",") if not o.startswith(("X-mount", "nofail")) and o != "defaults")
+        quiet = " 2>/dev/null" if "nofail" in opts else ""
+        lines.append(f"mkdir -p {shlex.quote(dst)} 2>/dev/null; mount -t {kind} {f'-o {fs_opts} ' if fs_opts else ''}"
+                     f"{src} {shlex.quote(dst)}{quiet}")
+    return "\n".join(lines)
 
 
 def _init_script(command: list[str], cwd: str, env: dict[str, str], out_dir: Path, fstab: Path) -> str:
     exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items())
-    # one mount -a where util-linux can; else (an older or other mount) one mount at a time
     return f"""#!/bin/sh
 mount -t proc proc /proc
 mount -a -T {shlex.quote(str(fstab))} 2>/dev/null || {{
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev 2>/dev/null
-mount -t tmpfs run /run
-mkdir -p /run/kvmffi-tmp /run/kvmffi-home
-mkdir -p /dev/shm /dev/hugepages && mount -t tmpfs shm /dev/shm
-mount -t hugetlbfs none /dev/hugepages 2>/dev/null
-mount -t debugfs none /sys/kernel/debug 2>/dev/null
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 kvmffiout {shlex.quote(str(out_dir))}
+{_mount_one_by_one(out_dir)}
 }}
 echo 64 > /proc/sys/vm/nr_hugepages 2>/dev/null
 {exports}
