@@ -5,7 +5,7 @@
 #   unit tier      no /dev/kvm needed
 #   matrix         the host and private tiers, strict, in: this host (host tier), the 6.12 test
 #                  kernel, 7.3 with two NUMA nodes, 7.3 with the shadow MMU (host tier)
-#   debug kernel   the kernel-log gate proven with LKDTM, and a short uAPI fuzz, in 7.3-debug
+#   debug kernel   the kernel-log gate proven with LKDTM, a short uAPI fuzz and the private tier, in 7.3-debug
 # KVMFFI_SKIP_PRIVATE=1 leaves the test kernels out (e.g. a host without QEMU): unit and host tiers only.
 # KVMFFI_CI_CONFIGS / KVMFFI_FUZZ_EXAMPLES override the matrix configurations and the fuzz length.
 set -euo pipefail
@@ -47,8 +47,8 @@ if ! kvmffi matrix --strict --configs "$configs" --logs "$logs"; then
   exit 1
 fi
 
-echo "== debug kernel: the kernel-log gate and a $examples-sequence uAPI fuzz, strict [$(( $(date +%s) - start )) s]"
+echo "== debug kernel: the kernel-log gate, a $examples-sequence uAPI fuzz and the private tier, strict [$(( $(date +%s) - start )) s]"
 KVMFFI_FUZZ_EXAMPLES=$examples kvmffi run --strict --kernel 7.3-debug \
-  host/test_kernel_log.py host/test_vm.py host/test_fuzz.py
+  host/test_kernel_log.py host/test_vm.py host/test_fuzz.py private
 
 echo "== all tiers passed in $(( $(date +%s) - start )) s"
