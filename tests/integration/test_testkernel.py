@@ -60,3 +60,25 @@ def test_kvmffi_vm_exit_codes(kernel) -> None:
     bad = subprocess.run([sys.executable, "-m", "kvmffi", "vm", "--kernel", "/nonexistent", "-q", "--", "true"],
                          capture_output=True, text=True)
     assert bad.returncode == 125 and "no kernel image at /nonexistent" in bad.stderr
+
+
+MOUNT_CHECK = ("for d in /proc /sys /dev /run /run/kvmffi-tmp /run/kvmffi-home /dev/shm /dev/hugepages "
+               "/sys/kernel/debug \"$KVMFFI_OUT\"; do grep -q \" $d \" /proc/mounts && echo \"mounted $d\"; done; "
+               "touch \"$KVMFFI_OUT/written\" && echo out-writable; cat /proc/sys/vm/nr_hugepages")
+
+
+@pytest.mark.parametrize("how", ["mount -a", "one by one"])
+def test_the_test_kernel_mounts_what_the_suites_need(kernel, how: str, monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path) -> None:
+    from pathlib import Path
+
+    from kvmffi.testkernel import qemu
+    if how == "one by one":  # a mount(8) that cannot read the fstab: the init falls back to one mount each
+        real = qemu._init_script
+        monkeypatch.setattr(qemu, "_init_script", lambda c, cwd, env, out, fstab: real(c, cwd, env, out,
+                                                                                        Path("/nonexistent")))
+    r = boot(kernel, ["sh", "-c", MOUNT_CHECK], timeout=120, results_dir=tmp_path)
+    assert r.returncode == 0, r.output
+    assert sum(line.startswith("mounted ") for line in r.output) == 10, r.output
+    assert "out-writable" in r.output and r.output[-1] == "64"
+    assert (tmp_path / "written").exists()

@@ -54,3 +54,12 @@ def test_numa_args_split_memory_and_spread_cpus() -> None:
         numa_args(3, 2, "2G")
     with pytest.raises(BootError, match="give MiB"):
         memory_mib("lots")
+
+
+def test_tcg_runs_on_one_thread_unless_asked() -> None:
+    from kvmffi.testkernel.qemu import TCG, choose_accel
+    assert TCG == "tcg,thread=single"
+    assert choose_accel("tcg") == TCG
+    assert choose_accel("tcg,thread=multi") == "tcg,thread=multi"
+    assert choose_accel("kvm") == "kvm"
+    assert choose_accel("auto") in ("kvm", TCG)
