@@ -153,9 +153,12 @@ class TestVm:
         sregs = v.get_sregs()
         x86.setup_long_mode(sregs, self.pt.pml4)
         v.set_sregs(sregs)
-        # every register given (the rest 0): no KVM_GET_REGS first
-        v.set_regs(Regs(rip=self.image.entry, rsp=self.low_size - i * STACK_SIZE, rdi=i, rflags=0x2))
+        v.set_regs(Regs(**self._entry_regs(i)))  # every register given (the rest 0): no KVM_GET_REGS first
         return v
+
+    def _entry_regs(self, i: int) -> dict[str, int]:
+        """vCPU ``i``'s registers at the program's entry: guest_main(vcpu_id) on its own stack."""
+        return {"rip": self.image.entry, "rsp": self.low_size - i * STACK_SIZE, "rdi": i, "rflags": 0x2}
 
     def restart(self) -> None:
         """Start the guest program again from its entry point on every vCPU (e.g. after GUEST_DONE),
@@ -171,7 +174,7 @@ class TestVm:
                 v.run()
             finally:
                 v.immediate_exit = False
-            v.set_regs(rip=self.image.entry, rsp=self.low_size - i * STACK_SIZE, rdi=i, rflags=0x2)
+            v.set_regs(None, **self._entry_regs(i))  # the others as they are
 
     @property
     def vcpus(self) -> list[Vcpu]:
