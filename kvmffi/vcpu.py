@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno as _errno
 import mmap
 import struct
+from operator import attrgetter
 import threading
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,7 @@ class Regs:
 
 
 _REG_NAMES = tuple(f.name for f in fields(Regs))
+_regs_values = attrgetter(*_REG_NAMES)
 
 
 @dataclass(slots=True)
@@ -70,6 +72,7 @@ class Segment:
 
 
 _SEG_FIELDS = tuple(f.name for f in fields(Segment))
+_segment_values = attrgetter(*_SEG_FIELDS)
 
 
 @dataclass(slots=True)
@@ -82,6 +85,8 @@ class DTable:
 
 _SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")
 _CRS = ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base")
+_segments = attrgetter(*_SEGMENTS)
+_cr_values = attrgetter(*_CRS)
 
 
 @dataclass(slots=True)
@@ -241,7 +246,7 @@ class Vcpu(FdOwner):
                 raise TypeError(f"no register {k!r}; kvm_regs has {', '.join(_REG_NAMES)}")
             setattr(regs, k, v)
         self._regs_fresh = False
-        err = _ffi.set_regs(self.fileno(), tuple(getattr(regs, n) for n in _REG_NAMES))
+        err = _ffi.set_regs(self.fileno(), _regs_values(regs))
         if err:
             raise self.vm._error("KVM_SET_REGS", err, {"vcpu": self.id})
 
@@ -264,13 +269,11 @@ class Vcpu(FdOwner):
                 raise TypeError(f"no special register {k!r}")
             setattr(sregs, k, v)
         flat: list[int] = []
-        for n in _SEGMENTS:
-            seg = getattr(sregs, n)
-            flat += [getattr(seg, f) for f in _SEG_FIELDS]
-        for n in ("gdt", "idt"):
-            flat += [getattr(sregs, n).base, getattr(sregs, n).limit]
-        flat += [getattr(sregs, n) for n in _CRS]
-        flat += list(sregs.interrupt_bitmap)
+        for seg in _segments(sregs):
+            flat += _segment_values(seg)
+        flat += (sregs.gdt.base, sregs.gdt.limit, sregs.idt.base, sregs.idt.limit)
+        flat += _cr_values(sregs)
+        flat += sregs.interrupt_bitmap
         err = _ffi.set_sregs(self.fileno(), tuple(flat))
         if err:
             raise self.vm._error("KVM_SET_SREGS", err, {"vcpu": self.id})

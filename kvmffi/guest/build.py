@@ -65,37 +65,30 @@ def sources_for(program: str, root: Path | None = None) -> list[Path]:
 _memo: dict[tuple[object, ...], Path] = {}
 
 
-@functools.lru_cache(maxsize=64)
-def _inputs(program: str, root: Path) -> tuple[list[Path], Path, list[Path], tuple[str, ...]]:
-    """The files a build of ``program`` reads, found once per process (their contents are
-    still checked on every build, through their sizes and mtimes)."""
-    srcs = sources_for(program, root)
-    lds = root / "guest.lds"
-    headers = sorted((root / "include").glob("*.h"))
-    return srcs, lds, headers, tuple(str(p) for p in (*srcs, lds, *headers))
-
-
 def build(program: str, *, cc: str | None = None, extra_cflags: list[str] | None = None) -> Path:
     """Compile ``<program>.c`` of the guest sources with the guest library; returns the cached ELF's path.
 
-    Within a process, a build whose inputs have not changed (same sizes and mtimes) is
-    not hashed again.
+    A process builds (or finds in the cache) each program once, as Python imports a module once:
+    edits to the guest sources take effect in the next process, or after :func:`forget`.
     """
     root = guests_dir()
     cc = cc or os.environ.get("KVMFFI_GUEST_CC", "gcc")
-    srcs, lds, headers, names = _inputs(program, root)
     flags = CFLAGS + list(extra_cflags or [])
-    stats = []
-    for name in names:
-        st = os.stat(name)
-        stats.append((name, st.st_size, st.st_mtime_ns))
-    memo_key = (tuple(stats), tuple(flags), cc, str(cache_dir()))
+    memo_key = (program, root, tuple(flags), cc, cache_dir())
     hit = _memo.get(memo_key)
-    if hit is not None and hit.exists():
+    if hit is not None and os.path.exists(hit):  # not removed since (a cleaned cache)
         return hit
+    srcs = sources_for(program, root)
+    lds = root / "guest.lds"
+    headers = sorted((root / "include").glob("*.h"))
     out = _build(program, root, cc, srcs, lds, headers, flags)
     _memo[memo_key] = out
     return out
+
+
+def forget() -> None:
+    """Make the next :func:`build` of each program read its sources again (after editing them in this process)."""
+    _memo.clear()
 
 
 def _build(program: str, root: Path, cc: str, srcs: list[Path], lds: Path, headers: list[Path],

@@ -30,7 +30,7 @@ from ..hints import require_gmem_flags
 from ..memory import HostMemory, RawMapping
 from ..system import Kvm
 from ..uapi import GuestMemfdFlag, MemslotFlag, VmType
-from ..vcpu import Regs, Vcpu
+from ..vcpu import Regs, Sregs, Vcpu
 from ..vm import Vm
 from .backing import Backing
 from .diagnostics import unexpected_exit, where
@@ -146,15 +146,28 @@ class TestVm:
         TestVm._low_templates[key] = (self._lowmem.read(x86.GDT_GPA, x86.IDT_GPA + 0x1000 - x86.GDT_GPA), pt.snapshot())
         return pt
 
+    _entry_sregs: dict[tuple[int, int, int], Sregs] = {}
+
     def _setup_vcpu(self, i: int) -> Vcpu:
         assert self.vm is not None
         v = self.vm.create_vcpu(i)
         v.set_cpuid2(self.kvm.supported_cpuid)
-        sregs = v.get_sregs()
-        x86.setup_long_mode(sregs, self.pt.pml4)
-        v.set_sregs(sregs)
+        v.set_sregs(self._long_mode_sregs(v, i))
         v.set_regs(Regs(**self._entry_regs(i)))  # every register given (the rest 0): no KVM_GET_REGS first
         return v
+
+    def _long_mode_sregs(self, v: Vcpu, i: int) -> Sregs:
+        """vCPU ``i``'s special registers in long mode: its reset state as KVM answers it (the LDT,
+        CR2, CR8, APIC base, pending interrupts) with our segments, tables and paging. The reset
+        state is read once per process for each VM type and vCPU index, as the low tables are built once."""
+        assert self.vm is not None
+        key = (int(self.vm.type), i, self.pt.pml4)
+        sregs = TestVm._entry_sregs.get(key)
+        if sregs is None:
+            sregs = v.get_sregs()
+            x86.setup_long_mode(sregs, self.pt.pml4)
+            TestVm._entry_sregs[key] = sregs
+        return sregs
 
     def _entry_regs(self, i: int) -> dict[str, int]:
         """vCPU ``i``'s registers at the program's entry: guest_main(vcpu_id) on its own stack."""

@@ -29,6 +29,16 @@ class UcallAbi:
 
     @classmethod
     def of(cls, image: GuestImage) -> UcallAbi:
+        """The ABI ``image`` was built with (read once per image)."""
+        known = _abis.get(id(image))
+        if known is not None and known[0] is image:
+            return known[1]
+        abi = cls._read(image)
+        _abis[id(image)] = (image, abi)
+        return abi
+
+    @classmethod
+    def _read(cls, image: GuestImage) -> UcallAbi:
         c = image.constant
         layout = image.struct("ucall")
         nargs = c("UCALL_MAX_ARGS")
@@ -37,6 +47,9 @@ class UcallAbi:
                    printf=c("UCALL_PRINTF"), done=c("UCALL_DONE"), exception=c("UCALL_EXCEPTION"),
                    assert_with_values=frozenset((c("ASSERT_KIND_EQ"), c("ASSERT_KIND_NE"))),
                    header=struct.Struct(f"<{1 + nargs}Q"))
+
+
+_abis: dict[int, tuple[GuestImage, UcallAbi]] = {}  # id(image) -> (image, its ABI); the image kept alive
 
 
 def _signed(v: int) -> int:

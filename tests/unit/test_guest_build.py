@@ -20,11 +20,13 @@ def guest_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return dst
 
 
-def test_build_is_cached_and_rebuilt_on_change(guest_tree: Path) -> None:
+def test_build_is_cached_and_rebuilt_on_change_after_forget(guest_tree: Path) -> None:
     a = build.build("sync_loop")
     assert build.build("sync_loop") == a
     p = guest_tree / "sync_loop.c"
     p.write_text(p.read_text() + "\n/* changed */\n")
+    assert build.build("sync_loop") == a  # once per process, as an import
+    build.forget()
     b = build.build("sync_loop")
     assert b != a and b.exists()
 
@@ -33,6 +35,7 @@ def test_header_change_rebuilds(guest_tree: Path) -> None:
     a = build.build("sync_loop")
     h = guest_tree / "include" / "kvmffi_guest.h"
     h.write_text(h.read_text() + "\n")
+    build.forget()
     assert build.build("sync_loop") != a
 
 

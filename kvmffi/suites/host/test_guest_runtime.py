@@ -5,6 +5,7 @@ import threading
 import pytest
 
 from kvmffi import Cap, Exit, GuestMemfdFlag, IoDirection, IoExit, Kvm, MmioExit, Regs
+from kvmffi.guest import x86
 from kvmffi.probes import run_map_gpa_range
 from kvmffi.pytest_plugin import skip_missing
 from kvmffi.testvm import (TEST_GPA, GuestAssertionError, GuestException, GuestHang, GuestTripleFault, TestVm,
@@ -208,3 +209,18 @@ def test_restart_runs_the_guest_again(kvm: Kvm) -> None:
             t.restart()
             t.run(on_sync=lambda v, a: seen.append(a[1]) if a[0] == 1 else None)
     assert seen == [0x1111, 0x2222, 0x3333]
+
+
+def test_testvm_vcpus_start_from_their_own_reset_state(kvm: Kvm, vm_type) -> None:
+    """TestVm reads a vCPU's reset state (KVM_GET_SREGS) once per process for each VM type and vCPU
+    index and reuses it with its long-mode registers: a later TestVm's vCPUs hold what a fresh vCPU
+    of the same index holds after the same set-up (APIC base, CR8, pending interrupts, LDT...)."""
+    with TestVm("sync_loop", kvm=kvm, vm_type=vm_type, nr_vcpus=2):
+        pass
+    with TestVm("sync_loop", kvm=kvm, vm_type=vm_type, nr_vcpus=2) as t, kvm.create_vm(vm_type) as vm:
+        for i, v in enumerate(t.vcpus):
+            fresh = vm.create_vcpu(i)
+            sregs = fresh.get_sregs()
+            x86.setup_long_mode(sregs, t.pt.pml4)
+            fresh.set_sregs(sregs)
+            assert v.get_sregs() == fresh.get_sregs(), f"vCPU {i}"
