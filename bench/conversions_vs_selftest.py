@@ -12,6 +12,9 @@ kernel once and runs this script inside (``--inside SELFTEST``), which measures,
   scenario_s          kvmffi's scenario alone, inside an already started Python
   pytest_s            the whole pytest process that runs that one scenario
   pytest_startup_s    a pytest process that only collects it (Python, pytest and kvmffi starting)
+  python_s            ``python -c pass``: the interpreter starting
+  import_pytest_s     ``python -c "import pytest"``: with the scenario, the least any pytest process
+                      that runs it can take here (``pytest_floor_s``)
   boot_s              QEMU start to the command (from the host)
 
 Both sides with defaults: one vCPU, one memslot, anonymous shared memory, conversions through
@@ -51,6 +54,8 @@ def inside(selftest: str) -> dict[str, float | int]:
     node = str(TIERS["private"] / "test_conversions.py") + "::test_conversions"
     base = [sys.executable, *pytest_args([node], "hypercall", "pretty", os.devnull, None, lean=True)]  # as `kvmffi run`
     startup_s, _ = min(wall(base + ["--collect-only"]) for _ in range(3))
+    python_s, _ = min(wall([sys.executable, "-c", "pass"]) for _ in range(3))
+    import_pytest_s, _ = min(wall([sys.executable, "-c", "import pytest"]) for _ in range(3))
     pytest_s, pytest_rc = min(wall(base) for _ in range(3))
     from kvmffi import Kvm, VmType
     from kvmffi.suites.private.conversions import run_conversions
@@ -64,7 +69,8 @@ def inside(selftest: str) -> dict[str, float | int]:
                 run_conversions(kvm, VmType.SW_PROTECTED, use_hypercall=True, fallocate=fallocate)
             best = min(best, time.monotonic() - t0)
     return {"selftest_s": st_s, "selftest_rc": st_rc, "scenario_s": best, "pytest_s": pytest_s,
-            "pytest_rc": pytest_rc, "pytest_startup_s": startup_s}
+            "pytest_rc": pytest_rc, "pytest_startup_s": startup_s, "python_s": python_s,
+            "import_pytest_s": import_pytest_s}
 
 
 def build_selftest(version: str) -> tuple[Path, Path]:
@@ -109,13 +115,17 @@ def main() -> int:
         return 1
     res = json.loads(lines[-1].split(" ", 1)[1])
     res.update(version=a.version, boot_s=r.boot_seconds, ratio_pytest=res["pytest_s"] / res["selftest_s"],
-               ratio_scenario=res["scenario_s"] / res["selftest_s"])
+               ratio_scenario=res["scenario_s"] / res["selftest_s"],
+               pytest_floor_s=res["import_pytest_s"] + res["scenario_s"])
+    res["ratio_pytest_floor"] = res["pytest_floor_s"] / res["selftest_s"]
     if a.json:
         print(json.dumps(res, indent=2))
     else:
         print(f"{a.version}: boot {res['boot_s']:.1f} s; selftest {res['selftest_s']:.2f} s; kvmffi scenario "
               f"{res['scenario_s']:.2f} s ({res['ratio_scenario']:.2f}x); pytest process {res['pytest_s']:.2f} s "
-              f"({res['ratio_pytest']:.2f}x), of which starting and collecting {res['pytest_startup_s']:.2f} s")
+              f"({res['ratio_pytest']:.2f}x), of which starting and collecting {res['pytest_startup_s']:.2f} s; "
+              f"python -c pass {res['python_s']:.2f} s, import pytest {res['import_pytest_s']:.2f} s: no pytest process "
+              f"can run the scenario in less than {res['pytest_floor_s']:.2f} s ({res['ratio_pytest_floor']:.2f}x)")
     return 0 if res["selftest_rc"] == 0 and res["pytest_rc"] == 0 else 1
 
 
