@@ -5,9 +5,9 @@ from __future__ import annotations
 import errno as _errno
 import mmap
 import struct
-from operator import attrgetter
 import threading
 from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from . import _ffi

@@ -220,6 +220,7 @@ def test_testvm_vcpus_start_from_their_own_reset_state(kvm: Kvm, vm_type) -> Non
     with TestVm("sync_loop", kvm=kvm, vm_type=vm_type, nr_vcpus=2) as t, kvm.create_vm(vm_type) as vm:
         for i, v in enumerate(t.vcpus):
             fresh = vm.create_vcpu(i)
+            fresh.set_cpuid2(kvm.supported_cpuid)  # long mode must be in the vCPU's CPUID first
             sregs = fresh.get_sregs()
             x86.setup_long_mode(sregs, t.pt.pml4)
             fresh.set_sregs(sregs)
