@@ -7,6 +7,8 @@ ucall_roundtrip  GUEST_SYNC round trip through TestVm.run (KVM_RUN, IO exit, RDI
                  against bench/ucall_ref.c on the same guest bytes, two ways: as the KVM
                  selftests' library does it (KVM_RUN, KVM_GET_REGS, read struct ucall) and the
                  best C (KVM_CAP_SYNC_REGS: RDI from kvm_run, no second ioctl)
+                 and, for scale, the least any Python can do per round trip: a bare loop of
+                 fcntl.ioctl(KVM_RUN) on the same guest, nothing read (python_bare_us)
 bringup          VM + memory + program + page tables + vCPU + registers, run to the first
                  ucall, tear down; against the C program doing the same from kvmffi's image
 vm_overhead_kib  host memory (USS) per extra TestVm beyond its resident guest memory
@@ -18,6 +20,7 @@ fast as that C); ratio = ratio_vs_best. Each side's figure is its best round (--
 from __future__ import annotations
 
 import argparse
+import fcntl
 import gc
 import json
 import os
@@ -74,6 +77,19 @@ def py_ucall(kvm: Kvm, iterations: int) -> float:
     return dt * 1e6 / iterations  # iterations - 1 SYNCs + DONE
 
 
+def py_bare(kvm: Kvm, iterations: int) -> float:
+    """fcntl.ioctl(KVM_RUN) in a loop on the same guest: no exit decoded, no ucall read."""
+    with TestVm("sync_loop", kvm=kvm) as t:
+        t.set_param("iterations", iterations)
+        v = t.vcpus[0]
+        v.run()
+        fd, ioctl, run = v.fileno(), fcntl.ioctl, _ffi.KVM_RUN
+        t0 = time.perf_counter()
+        for _ in range(iterations - 1):
+            ioctl(fd, run, 0)
+        return (time.perf_counter() - t0) * 1e6 / (iterations - 1)
+
+
 def py_bringup(kvm: Kvm, reps: int) -> float:
     t0 = time.perf_counter()
     for _ in range(reps):
@@ -124,16 +140,19 @@ def main() -> int:
         sides = ("kvmffi", "c_selftests", "c_best")
         uc: dict[str, list[float]] = {k: [] for k in sides}
         bu: dict[str, list[float]] = {k: [] for k in sides}
+        bare: list[float] = []
         for _ in range(a.rounds):  # interleaved, so drift on the machine hits every side
             uc["c_selftests"].append(c_measure(exe, state, "ucall", "selftests", a.iterations))
             uc["kvmffi"].append(py_ucall(kvm, a.iterations))
             uc["c_best"].append(c_measure(exe, state, "ucall", "best", a.iterations))
+            bare.append(py_bare(kvm, a.iterations))
             bu["c_selftests"].append(c_measure(exe, state, "bringup", "selftests", a.bringups))
             bu["kvmffi"].append(py_bringup(kvm, a.bringups))
             bu["c_best"].append(c_measure(exe, state, "bringup", "best", a.bringups))
         res: dict[str, Any] = {
             "host": {"kernel": os.uname().release, "cpu_count": os.cpu_count(), "rounds": a.rounds},
-            "ucall_roundtrip": dict(_figures(uc), iterations=a.iterations),
+            "ucall_roundtrip": dict(_figures(uc), iterations=a.iterations, python_bare_us=min(bare),
+                                    ratio_bare_vs_best=min(uc["c_best"]) / min(bare)),
             "bringup": dict(_figures(bu), reps=a.bringups),
             "vm_overhead_kib": vm_overhead_kib(kvm, a.vms),
         }
@@ -144,6 +163,8 @@ def main() -> int:
             r = res[key]
             print(f"{name:<17} kvmffi {r['kvmffi_us']:.2f} us; C selftests-style {r['c_selftests_us']:.2f} us "
                   f"(ratio {r['ratio_vs_selftests']:.3f}); best C {r['c_best_us']:.2f} us (ratio {r['ratio_vs_best']:.3f})")
+        r = res["ucall_roundtrip"]
+        print(f"bare Python KVM_RUN loop {r['python_bare_us']:.2f} us (best C / bare {r['ratio_bare_vs_best']:.3f})")
         print(f"host memory per extra VM beyond guest memory: {res['vm_overhead_kib']:.0f} KiB")
     return 0
 

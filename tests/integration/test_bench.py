@@ -18,4 +18,6 @@ def test_bench_json_has_the_documented_keys() -> None:
         assert r["kvmffi_us"] > 0 and r["c_selftests_us"] > 0 and r["c_best_us"] > 0
         assert r["ratio_vs_selftests"] == r["c_selftests_us"] / r["kvmffi_us"]
         assert r["ratio_vs_best"] == r["ratio"] == r["c_best_us"] / r["kvmffi_us"]
+    u = res["ucall_roundtrip"]
+    assert u["python_bare_us"] > 0 and u["ratio_bare_vs_best"] == u["c_best_us"] / u["python_bare_us"]
     assert res["vm_overhead_kib"] == res["vm_overhead_kib"]  # a number, not NaN
