@@ -24,9 +24,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 # The distribution's interpreter, the one the packages above are for (python3-venv, python3-dev),
-# not whichever python3 comes first on PATH (a pyenv build, say). Debian builds it with PGO and
-# LTO and links it statically: it starts in about half the time and runs kvmffi's tests in the
-# test kernels, under TCG, about a quarter faster. PYTHON=... picks another.
+# not whichever python3 comes first on PATH (a pyenv build, say). Against a pyenv build without
+# --enable-optimizations and with a shared libpython, Debian's (linked statically) started in
+# about half the time and ran kvmffi's pytest processes in the test kernels, under TCG, about a
+# quarter faster. PYTHON=... picks another.
 PY=${PYTHON:-python3}
 if [ -z "${PYTHON:-}" ] && [ -x /usr/bin/python3 ]; then
   PY=/usr/bin/python3
