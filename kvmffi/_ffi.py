@@ -517,10 +517,10 @@ class RunView:
         m = self._run.mmio
         return m.phys_addr, bytes(m.data)[:m.len], m.len, bool(m.is_write)
 
-    def hypercall(self) -> tuple[int, tuple[int, ...], int]:
-        """(nr, args, flags)"""
+    def hypercall(self) -> tuple[int, tuple[int, ...], int, int]:
+        """(nr, args, flags, ret): ret as KVM left it at the exit"""
         h = self._run.hypercall
-        return h.nr, tuple(h.args), h.flags
+        return h.nr, tuple(h.args), h.flags, h.ret
 
     def internal(self) -> tuple[int, tuple[int, ...]]:
         """(suberror, data[:ndata])"""

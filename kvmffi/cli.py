@@ -121,6 +121,33 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     return verdict
 
 
+def cmd_fixcheck(args: argparse.Namespace) -> int:
+    """0 catches, 1 not caught, 2 fails without the bug, 125 cannot tell; the last line says which."""
+    from pathlib import Path
+
+    from .fixcheck import CANNOT_TELL, EXIT_CODES, Machine, fixcheck
+    from .testkernel.tree import Change, TreeError
+    if args.numa < 0 or args.numa == 1:
+        print(f"kvmffi fixcheck: --numa {args.numa}: give 0 (no NUMA) or 2 or more nodes", file=sys.stderr)
+        return 125
+    change = Change(patch=Path(args.bug).resolve() if args.bug else None, fix=args.fix)
+    tree = None if args.version else Path(args.tree or ".")
+    m = Machine(debug=args.debug, kernel_args=args.kernel_args, numa=args.numa, strict=not args.lenient,
+                timeout=args.timeout)
+    try:
+        res = fixcheck(change, list(args.selection), tree=tree, version=args.version, keyword=args.k, machine=m,
+                       log_dir=Path(args.logs) if args.logs else None, quiet=args.quiet, use_cache=not args.rerun)
+    except TreeError as e:
+        print(f"kvmffi fixcheck: {e}", file=sys.stderr)
+        print(f"kvmffi fixcheck: {CANNOT_TELL}", file=sys.stderr)
+        return EXIT_CODES[CANNOT_TELL]
+    if args.json:
+        print(json.dumps(res.to_json(), indent=2))
+    caught = f" (caught by {', '.join(res.caught_by)})" if res.caught_by else ""
+    print(f"kvmffi fixcheck: {res.verdict}{caught}: {res.why}", file=sys.stderr)
+    return res.exit_code
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("selection", nargs="*", help="tiers (host, private, host/test_vm.py, ...) and/or your own pytest "
                    "paths and node ids (default: every tier this host can run)")
@@ -237,8 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("selection", nargs="*", help="tiers or pytest paths (default: host and private)")
     mt.add_argument("-k", default=None, metavar="EXPR", help="pytest -k expression")
     mt.add_argument("--kernels", help="only configurations on these kernels, e.g. 6.12,7.3,host")
-    mt.add_argument("--configs", help="configurations by name (host, 6.12, 7.3, 7.3-numa2, 7.3-shadow-mmu) or as "
-                    "KERNEL[+numaN][+PARAM=VALUE...], e.g. 7.3+numa2,7.3+kvm.enable_pmu=0")
+    mt.add_argument("--configs", help="configurations by name (host, 6.12, 7.3, 7.3-numa2, 7.3-tdp-mmu-off, "
+                    "7.3-shadow-mmu) or as KERNEL[+numaN][+PARAM=VALUE...], e.g. 7.3+numa2,7.3+kvm.enable_pmu=0")
     mt.add_argument("--format", choices=["pretty", "ktap", "json"], default="pretty")
     mt.add_argument("--json", action="store_true", help="same as --format json")
     mt.add_argument("-j", "--jobs", type=int, default=1, help="configurations at once (QEMU instances)")
@@ -288,6 +315,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(b)
     b.set_defaults(fn=cmd_bisect)
 
+    fc = sub.add_parser("fixcheck", help="does a test catch a bug? build a tree with and without it, run, compare "
+                        "(0 catches, 1 not caught, 2 fails without the bug, 125 cannot tell)")
+    fc.add_argument("selection", nargs="*", help="tiers and/or pytest paths (default: every tier)")
+    fc.add_argument("-k", default=None, metavar="EXPR", help="pytest -k expression")
+    where = fc.add_mutually_exclusive_group()
+    where.add_argument("--tree", help="a clean kernel git tree (default: the current directory)")
+    where.add_argument("--version", help="a git copy of Debian's linux-source-VERSION in the cache (7.3, 6.12, ...)")
+    what = fc.add_mutually_exclusive_group(required=True)
+    what.add_argument("--fix", metavar="COMMIT", help="a commit of the tree that fixed the bug: its revert is the bug")
+    what.add_argument("--bug", metavar="PATCH", help="a patch that introduces the bug (git apply, -p1)")
+    fc.add_argument("--debug", action="store_true", help="build with the debug fragment (KASAN, lockdep, ...)")
+    fc.add_argument("--kernel-args", default="", metavar="ARGS", help="kernel command line additions, e.g. kvm.tdp_mmu=0")
+    fc.add_argument("--numa", type=int, default=0, metavar="N", help="N NUMA nodes in the test kernel's machine")
+    fc.add_argument("--lenient", action="store_true", help="capability skips stay skips (default: strict)")
+    fc.add_argument("--timeout", type=float, default=1800.0, help="seconds per tier in the test kernel")
+    fc.add_argument("--logs", metavar="DIR", help="where the two runs' logs go (default: the current directory)")
+    fc.add_argument("--rerun", action="store_true", help="run without the bug again even if an earlier run is kept")
+    fc.add_argument("--json", action="store_true", help="the result as JSON on stdout")
+    fc.add_argument("-q", "--quiet", action="store_true")
+    fc.set_defaults(fn=cmd_fixcheck)
+
     v = sub.add_parser("vm", help="boot the test kernel under QEMU and run a command inside")
     v.add_argument("--kernel", help="bzImage or version (6.12, 7.3, 7.3-debug; default 6.12), built if missing")
     v.add_argument("--cpus", type=int, default=2)
@@ -319,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.fn(args))
     except KeyboardInterrupt as e:
         print(f"kvmffi: interrupted ({e or 'SIGINT'})", file=sys.stderr)
-        return 125 if args.fn is cmd_bisect else 130
+        return 125 if args.fn in (cmd_bisect, cmd_fixcheck) else 130
 
 
 if __name__ == "__main__":

@@ -71,11 +71,17 @@ class MmioExit(Exit):
 
 @dataclass(frozen=True, slots=True)
 class HypercallExit(Exit):
-    """KVM_EXIT_HYPERCALL. Set the guest's RAX with :meth:`set_ret` before running again."""
+    """KVM_EXIT_HYPERCALL. Set the guest's RAX with :meth:`set_ret` before running again.
+
+    ``ret`` is run->hypercall.ret as KVM left it at the exit, read before anything writes it: 0 on a
+    correct kernel (KVM clears it since "KVM: x86: clear vcpu->run->hypercall.ret before exiting for
+    KVM_EXIT_HYPERCALL", 9a1dfeff4414, v6.14; before, whatever was there). Re-entering without
+    :meth:`set_ret` returns this value to the guest."""
 
     nr: int
     args: tuple[int, ...]
     flags: int
+    ret: int
     _vcpu: RunWriter = field(repr=False, compare=False)
 
     @property

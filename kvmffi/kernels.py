@@ -219,3 +219,47 @@ def under_emulation() -> bool:
     except OSError:
         pass
     return False
+
+
+def _param(path: str) -> bool | None:
+    try:
+        with open(path) as f:
+            v = f.read().strip()
+    except OSError:
+        return None
+    return v in ("Y", "y", "1")
+
+
+@dataclass(frozen=True)
+class MmuMode:
+    """The MMU KVM runs guests with, from its module parameters: two-dimensional paging (NPT/EPT) or
+    shadow paging, and with TDP whether the TDP MMU or the legacy MMU manages it. None: not known
+    (another KVM implementation, or no such parameter)."""
+    tdp: bool | None          # kvm_amd.npt / kvm_intel.ept
+    tdp_mmu: bool | None      # kvm.tdp_mmu
+
+    @property
+    def private_vm_types_possible(self) -> bool | None:
+        """KVM_X86_SW_PROTECTED_VM needs the TDP MMU ("KVM: x86/mmu: Restrict KVM_SW_PROTECTED_VM to the
+        TDP MMU", a1176ef5c92a, v6.8): False where KVM must not offer it, None where unknown."""
+        if self.tdp is False or (self.tdp and self.tdp_mmu is False):
+            return False
+        if self.tdp and self.tdp_mmu:
+            return True
+        return None
+
+    def __str__(self) -> str:
+        if self.tdp is None:
+            return "MMU mode unknown"
+        if not self.tdp:
+            return "shadow paging (npt=0 / ept=0)"
+        return "the TDP MMU" if self.tdp_mmu else "TDP on the legacy MMU (kvm.tdp_mmu=0)"
+
+
+def mmu_mode(k: Kernel | None = None) -> MmuMode:
+    """The running KVM's MMU mode, read from /sys/module/*/parameters."""
+    module = (k or running()).module
+    tdp = {"kvm_amd": _param("/sys/module/kvm_amd/parameters/npt"),
+           "kvm_intel": _param("/sys/module/kvm_intel/parameters/ept")}.get(module)
+    tdp_mmu = _param("/sys/module/kvm/parameters/tdp_mmu") if tdp is not None else None
+    return MmuMode(tdp, tdp_mmu)

@@ -31,11 +31,15 @@ class Config:
 
 
 SHADOW_MMU = "kvm_amd.npt=0 kvm_intel.ept=0"
+TDP_MMU_OFF = "kvm.tdp_mmu=0"       # NPT/EPT on, managed by the legacy MMU
 DEFAULT_CONFIGS = (
     Config("host"),
     Config("6.12", "6.12"),
     Config("7.3", "7.3"),
     Config("7.3-numa2", "7.3", numa=2),
+    Config("7.3-tdp-mmu-off", "7.3", kernel_args=TDP_MMU_OFF, tiers=("host",),
+           note="private tier not run: on the legacy MMU (kvm.tdp_mmu=0) KVM offers no KVM_X86_SW_PROTECTED_VM, "
+                "which needs the TDP MMU"),
     Config("7.3-shadow-mmu", "7.3", kernel_args=SHADOW_MMU, tiers=("host",),
            note="private tier not run: with the shadow MMU (kvm_amd.npt=0) KVM offers no KVM_X86_SW_PROTECTED_VM, "
                 "which needs the TDP MMU"),

@@ -23,18 +23,22 @@ class HypercallRun:
     seen: list[int] = field(default_factory=list)              # what the guest's hypercall returned
 
 
-def run_map_gpa_range(kvm: Kvm, vm_type: VmType | int = VmType.DEFAULT, *, enable: bool = True, ret: int = 0,
-                      timeout: float = 30.0) -> HypercallRun:
+def run_map_gpa_range(kvm: Kvm, vm_type: VmType | int = VmType.DEFAULT, *, enable: bool = True,
+                      ret: int | None = 0, after_unknown: bool = False, timeout: float = 30.0) -> HypercallRun:
     """The scenarios guest makes one KVM_HC_MAP_GPA_RANGE (TEST_GPA, 1 page, decrypted) and reports
-    what it returned. ``enable`` turns KVM_CAP_EXIT_HYPERCALL on for it; each exit is answered with
-    ``ret``. Raises GuestHang where the hypercall never leaves KVM_RUN."""
+    what it returned (``after_unknown``: first a hypercall KVM answers itself, -KVM_ENOSYS, whose
+    result the guest reports too). ``enable`` turns KVM_CAP_EXIT_HYPERCALL on for it; each exit is
+    answered with ``ret``, or re-entered without writing run->hypercall.ret when ``ret`` is None.
+    Each exit keeps what KVM left in run->hypercall.ret (``HypercallExit.ret``), read before any
+    write. Raises GuestHang where the hypercall never leaves KVM_RUN."""
     from .testvm import TEST_GPA, TestVm
     r = HypercallRun()
 
     def on_exit(vcpu: Any, ex: Any) -> bool:
         if isinstance(ex, HypercallExit):
             r.exits.append(ex)
-            ex.set_ret(ret)
+            if ret is not None:
+                ex.set_ret(ret)
             return True
         return False
 
@@ -42,7 +46,7 @@ def run_map_gpa_range(kvm: Kvm, vm_type: VmType | int = VmType.DEFAULT, *, enabl
         assert t.vm is not None
         if enable:
             t.vm.enable_cap(Cap.EXIT_HYPERCALL, 1 << HypercallNr.MAP_GPA_RANGE)
-        t.set_param("scenario", "S_HYPERCALL")
+        t.set_param("scenario", "S_HYPERCALL_AFTER_UNKNOWN" if after_unknown else "S_HYPERCALL")
         t.set_param("test_gpa", TEST_GPA)
         t.run(on_sync=lambda v, a: r.seen.append(a[1]), on_exit=on_exit)
     return r

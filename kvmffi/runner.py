@@ -247,11 +247,16 @@ def plan_tiers(selection: list[str], *, kernel: str | None = None, tree: str | N
 
 def run_tiers(tiers: list[Tier], *, keyword: str | None = None, fmt: str = "pretty", junit_xml: str | None = None,
               strict: bool = False, numa: int = 0, kernel_args: str = "", soak: float | None = None,
-              timeout: float = 1800.0) -> list[TierResult]:
-    """Run each tier in turn; with KTAP and several tiers, one KTAP subtest per tier on stdout."""
-    err = sys.stderr
+              timeout: float = 1800.0, echo: Callable[[str], None] | None = None) -> list[TierResult]:
+    """Run each tier in turn; with KTAP and several tiers, one KTAP subtest per tier on stdout.
+    ``echo`` takes every output line instead (then nothing is printed)."""
+    def note(line: str) -> None:
+        if echo is None:
+            print(line, file=sys.stderr, flush=True)
+        else:
+            echo(line)
     results = []
-    nested = fmt == "ktap" and len(tiers) > 1
+    nested = echo is None and fmt == "ktap" and len(tiers) > 1
     if nested:
         print("KTAP version 1")
         print(f"1..{len(tiers)}")
@@ -260,10 +265,10 @@ def run_tiers(tiers: list[Tier], *, keyword: str | None = None, fmt: str = "pret
         if junit and len(tiers) > 1:
             base, dot, ext = junit.rpartition(".")
             junit = f"{base}-{t.name.split()[0]}.{ext}" if dot else f"{junit}-{t.name.split()[0]}"
-        print(f"kvmffi: {t.name}: {' '.join(t.selection)}" + (f" -k {keyword!r}" if keyword else "")
-              + (f" in test kernel {t.kernel}" if t.kernel else " on this host"), file=err, flush=True)
+        note(f"kvmffi: {t.name}: {' '.join(t.selection)}" + (f" -k {keyword!r}" if keyword else "")
+             + (f" in test kernel {t.kernel}" if t.kernel else " on this host"))
         r = run_tier(t.name, t.selection, keyword=keyword, fmt=fmt, junit=junit, strict=strict, kernel=t.kernel,
-                     echo=echo_for(nested, fmt), numa=numa, kernel_args=kernel_args,
+                     echo=echo or echo_for(nested, fmt), numa=numa, kernel_args=kernel_args,
                      extra_env={"KVMFFI_SOAK": str(soak)} if soak else None,
                      timeout=max(timeout, (soak or 0) + 900))
         results.append(r)
@@ -271,7 +276,7 @@ def run_tiers(tiers: list[Tier], *, keyword: str | None = None, fmt: str = "pret
             print(("ok" if r.ksft != KSFT_FAIL else "not ok") + f" {i} {t.name.replace(' ', '_')}"
                   + (" # SKIP nothing ran" if r.ksft == KSFT_SKIP else ""), flush=True)
     for r in results:
-        print(f"kvmffi: {r.summary()}", file=err)
+        note(f"kvmffi: {r.summary()}")
     return results
 
 

@@ -323,8 +323,8 @@ def _mmio(v: Vcpu, view: _ffi.RunView) -> MmioExit:
 
 
 def _hypercall(v: Vcpu, view: _ffi.RunView) -> HypercallExit:
-    nr, args, flags = view.hypercall()
-    return HypercallExit(nr, args, flags, v)
+    nr, args, flags, ret = view.hypercall()
+    return HypercallExit(nr, args, flags, ret, v)
 
 
 def _internal(v: Vcpu, view: _ffi.RunView) -> InternalErrorExit:

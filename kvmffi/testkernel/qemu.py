@@ -78,7 +78,8 @@ def _mounts(out_dir: Path) -> list[tuple[str, str, str, str]]:
     """The test kernel's mounts after /proc, as (source, target, type, options); options starting
     with X-mount or nofail are mount(8)'s own (nofail: may fail quietly; /dev is usually mounted
     by the kernel already)."""
-    return [("sys", "/sys", "sysfs", "defaults"), ("devtmpfs", "/dev", "devtmpfs", "nofail"),
+    return [("sys", "/sys", "sysfs", "defaults"), ("cgroup2", "/sys/fs/cgroup", "cgroup2", "nofail"),
+            ("devtmpfs", "/dev", "devtmpfs", "nofail"),
             ("run", "/run", "tmpfs", "defaults"), ("tmp", "/run/kvmffi-tmp", "tmpfs", "X-mount.mkdir"),
             ("home", "/run/kvmffi-home", "tmpfs", "X-mount.mkdir"), ("shm", "/dev/shm", "tmpfs", "X-mount.mkdir"),
             ("none", "/dev/hugepages", "hugetlbfs", "X-mount.mkdir,nofail"),

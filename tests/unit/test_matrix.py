@@ -22,7 +22,10 @@ def _result(name: str, outcomes: dict[str, str], **kw: object) -> ConfigResult:
 
 
 def test_default_configurations() -> None:
-    assert [c.name for c in DEFAULT_CONFIGS] == ["host", "6.12", "7.3", "7.3-numa2", "7.3-shadow-mmu"]
+    assert [c.name for c in DEFAULT_CONFIGS] == ["host", "6.12", "7.3", "7.3-numa2", "7.3-tdp-mmu-off",
+                                                 "7.3-shadow-mmu"]
+    legacy = DEFAULT_CONFIGS[-2]
+    assert legacy.kernel_args == "kvm.tdp_mmu=0" and legacy.tiers == ("host",) and "SW_PROTECTED" in legacy.note
     shadow = DEFAULT_CONFIGS[-1]
     assert "kvm_amd.npt=0" in shadow.kernel_args and shadow.tiers == ("host",) and "SW_PROTECTED" in shadow.note
 
@@ -38,7 +41,7 @@ def test_parse_config() -> None:
 def test_shard_slices_the_configurations() -> None:
     cs = list(DEFAULT_CONFIGS)
     slices = [shard(cs, f"{i}/2") for i in (1, 2)]
-    assert [c.name for c in slices[0]] == ["host", "7.3", "7.3-shadow-mmu"]
+    assert [c.name for c in slices[0]] == ["host", "7.3", "7.3-tdp-mmu-off"]
     assert sorted(c.name for s in slices for c in s) == sorted(c.name for c in cs)
     with pytest.raises(ValueError, match="give I/N"):
         shard(cs, "3/2")

@@ -16,7 +16,11 @@ enum {
 	S_WRITE_TEST_MEMORY = 10,
 	S_READ_TEST_MEMORY = 11,
 	S_HYPERCALL = 12,
+	S_HYPERCALL_AFTER_UNKNOWN = 13,
 };
+
+/* A hypercall number KVM does not know: KVM answers it itself with -KVM_ENOSYS. */
+#define UNKNOWN_HYPERCALL 0x4b7fu
 
 GUEST_PARAM uint64_t scenario;
 GUEST_PARAM uint64_t test_gpa;
@@ -73,6 +77,13 @@ void guest_main(uint64_t vcpu_id)
 		GUEST_SYNC(1, READ_ONCE(*(volatile uint64_t *)test_gpa));
 		break;
 	case S_HYPERCALL:
+		value = kvm_hypercall_map_gpa_range(test_gpa, 4096, KVM_MAP_GPA_RANGE_DECRYPTED);
+		GUEST_SYNC(1, value);
+		break;
+	case S_HYPERCALL_AFTER_UNKNOWN:
+		/* one KVM answers itself, then one that exits to userspace */
+		value = kvm_hypercall(UNKNOWN_HYPERCALL, 0, 0, 0, 0);
+		GUEST_SYNC(1, value);
 		value = kvm_hypercall_map_gpa_range(test_gpa, 4096, KVM_MAP_GPA_RANGE_DECRYPTED);
 		GUEST_SYNC(1, value);
 		break;

@@ -37,3 +37,25 @@ def test_caps_table_names_the_flags() -> None:
                          check=True).stdout
     assert "per VM type (KVM_CHECK_EXTENSION on a VM fd):" in out
     assert "KVM_CAP_GUEST_MEMFD " in out
+
+
+def test_vm_types_offered_match_the_mmu_mode(kvm: Kvm) -> None:
+    """Without the TDP MMU (kvm.tdp_mmu=0, or shadow paging with npt=0 / ept=0) KVM must not offer
+    KVM_X86_SW_PROTECTED_VM in KVM_CAP_VM_TYPES, and KVM_CREATE_VM(1) fails with EINVAL ("KVM: x86/mmu:
+    Restrict KVM_SW_PROTECTED_VM to the TDP MMU", a1176ef5c92a, v6.8; the matrix's 7.3-tdp-mmu-off and
+    7.3-shadow-mmu configurations run it)."""
+    import errno
+
+    import pytest
+
+    from kvmffi import errno_of
+    from kvmffi.kernels import mmu_mode
+    mode = mmu_mode()
+    if mode.private_vm_types_possible is not False:
+        pytest.skip(f"KVM runs guests with {mode}: private VM types may be offered here (the matrix's "
+                    "kvm.tdp_mmu=0 and npt=0 configurations check they are withheld)")
+    types = kvm.check_extension(Cap.VM_TYPES)
+    assert not types & (1 << VmType.SW_PROTECTED), \
+        f"KVM_CAP_VM_TYPES = {types:#x} offers KVM_X86_SW_PROTECTED_VM with {mode}"
+    got = errno_of(kvm.create_vm, VmType.SW_PROTECTED)
+    assert got == errno.EINVAL, f"KVM_CREATE_VM(KVM_X86_SW_PROTECTED_VM) with {mode}: errno {got} (want EINVAL)"

@@ -77,6 +77,9 @@ class Converter:
             gpa, npages, attrs = ex.args[0], ex.args[1], ex.args[2]
             with self.lock:
                 self.hypercalls.append((ex.nr, ex.args[:3], ex.longmode))
+            # what KVM left there, before the answer below overwrites it (9a1dfeff4414: KVM clears it)
+            assert ex.ret == 0, (f"KVM left run->hypercall.ret = {ex.ret:#x} at KVM_EXIT_HYPERCALL (vCPU {vcpu.id}, "
+                                 f"gpa {gpa:#x}): it must clear it before the exit")
             self.convert(gpa, npages * 4096, bool(attrs & MapGpaAttr.ENCRYPTED))
             ex.set_ret(0)
             return True
