@@ -331,10 +331,14 @@ def build_machine(vm_type: VmType, log: KernelLog | None) -> type:
         def pre_fault(self, gpa: int, size: int, flags: int) -> None:
             timer = _kick_later(KICK_AFTER)
             try:
-                self._call("KVM_PRE_FAULT_MEMORY", f"vcpu.pre_fault_memory({gpa:#x}, {size:#x}, {flags:#x})",
-                           lambda: self.vcpu.pre_fault_memory(gpa, size, flags))
+                err, _ = self._call("KVM_PRE_FAULT_MEMORY", f"vcpu.pre_fault_memory({gpa:#x}, {size:#x}, {flags:#x})",
+                                    lambda: self.vcpu.pre_fault_memory(gpa, size, flags))
             finally:
                 timer.cancel()
+            if err == E.EINTR:  # only the kick interrupts it: nothing else signals this thread
+                self._wrong("pre_fault_obsolete_root_livelock",
+                            f"KVM_PRE_FAULT_MEMORY({gpa:#x}, {size:#x}) was still running after {KICK_AFTER} s "
+                            "(kicked out with EINTR): pre-faulting a slot's worth of memory takes milliseconds")
 
         @precondition(lambda self: vm_type == VmType.DEFAULT)
         @rule(data=st.data())

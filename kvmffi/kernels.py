@@ -150,7 +150,8 @@ KNOWN_BUGS: dict[str, KnownBug] = {b.name: b for b in (
         "gmem_bind_offset_overflow",
         "KVM_SET_USER_MEMORY_REGION2 accepts a guest_memfd offset whose offset + size overflows "
         "(offset 0x7ffffffffffff000: a signed overflow in kvm_gmem_bind's range check)",
-        "7.2 (offsets are unsigned, uoff_t; 6.12 refuses it too: its offset was u64)",
+        "7.2 (\"KVM: guest_memfd: Treat memslot binding offset+size as unsigned values\", eba85fee7fc6; stable "
+        "7.1.4; 6.12 refuses it too: its offset was u64)",
         (Answer(None, since=(6, 13), until=(7, 2), kernels="6.13-7.1 (measured: 6.18)"),)),
     KnownBug(
         "pvm_gmem_only_slot_not_served",
@@ -168,8 +169,9 @@ KNOWN_BUGS: dict[str, KnownBug] = {b.name: b for b in (
         "pre_fault_obsolete_root_livelock",
         "KVM_PRE_FAULT_MEMORY retries forever on the vCPU's obsolete MMU root after a memslot is "
         "deleted and recreated, until the vCPU next enters KVM_RUN",
-        "7.3 or earlier (7.3 completes the pre-fault; the first fixed version is not known)",
-        (Answer(None, since=(6, 10), until=(7, 3), kernels="6.10-7.2 (measured: 6.12)"),)),
+        "6.15 (\"KVM: x86/mmu: Check and free obsolete roots in kvm_mmu_reload()\", 20a6cff3b283; not in "
+        "Debian 6.12.117)",
+        (Answer(None, since=(6, 10), until=(6, 15), kernels="6.10-6.14 (measured: 6.12)"),)),
 )}
 
 

@@ -83,7 +83,8 @@ def pytest_args(selection: list[str], keyword: str | None, fmt: str, ktap_file: 
     ``lean`` (for the test kernel): only kvmffi's plugin and the built-in ones the suites use."""
     from .suites import SUITES_DIR, resolve
     paths = resolve(selection)
-    args = ["-m", "pytest", "-p", "no:cacheprovider", f"--ktap-file={ktap_file}"]
+    # --kvmffi: the kernel-log gate, header and leak check watch every test kvmffi runs, the user's own too
+    args = ["-m", "pytest", "-p", "no:cacheprovider", "--kvmffi", f"--ktap-file={ktap_file}"]
     in_suites = bool(paths) and all(Path(p.split("::")[0]).resolve().is_relative_to(SUITES_DIR) for p in paths)
     if in_suites:
         args.append(f"--rootdir={SUITES_DIR}")  # node ids read "host/test_vm.py::..." wherever kvmffi is installed

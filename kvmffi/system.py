@@ -84,8 +84,8 @@ class Kvm(FdOwner):
         return out
 
     def create_vm(self, vm_type: VmType | int = VmType.DEFAULT) -> Vm:
-        """KVM_CREATE_VM (retried on EINTR). The Vm is a context manager."""
-        while True:
+        """KVM_CREATE_VM (retried on EINTR, at most 100 times in a row). The Vm is a context manager."""
+        for _ in range(100):  # bounded: a kernel that only ever answers EINTR fails instead of hanging
             ret, err = _ffi.ioctl_int(self.fileno(), _ffi.KVM_CREATE_VM, int(vm_type))
             if ret >= 0 or err != _errno.EINTR:
                 break

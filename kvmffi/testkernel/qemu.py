@@ -111,6 +111,7 @@ mount -a -T {shlex.quote(str(fstab))} 2>/dev/null || {{
 {_mount_one_by_one(out_dir)}
 }}
 echo 64 > /proc/sys/vm/nr_hugepages 2>/dev/null
+echo 20 > /proc/sys/kernel/hung_task_timeout_secs 2>/dev/null
 {exports}
 cd {shlex.quote(cwd)} || echo "kvmffi: cannot cd to {cwd} in the test kernel"
 echo {BEGIN}
