@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 want=(python3 python3-venv python3-dev gcc make libffi-dev)
 if [ "${KVMFFI_NO_KERNEL_DEPS:-0}" != 1 ]; then
-  want+=(qemu-system-x86 linux-source-6.12 build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils kmod)
+  want+=(qemu-system-x86 linux-source-6.12 build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils kmod rsync uuid-dev)
 fi
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$p")
