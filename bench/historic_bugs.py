@@ -160,8 +160,8 @@ def main() -> int:
             f"{'caught' if entry['selftests']['caught'] else 'missed'} in {entry['total_s']} s")  # type: ignore[index]
         out.append(entry)
     reachable = [b for b in out if b["reachable"]]
-    k_caught = sum(1 for b in reachable if b["kvmffi"]["caught"])  # type: ignore[index]
-    s_caught = sum(1 for b in reachable if b["selftests"]["caught"])  # type: ignore[index]
+    k_caught = sum(1 for b in reachable if b["kvmffi"]["caught"])  # type: ignore[index,misc]
+    s_caught = sum(1 for b in reachable if b["selftests"]["caught"])  # type: ignore[index,misc]
     summary = {"bugs": out, "kvmffi_caught": k_caught, "selftests_caught": s_caught, "total": len(out),
                "reachable": len(reachable)}
     if a.json:

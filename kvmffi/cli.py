@@ -195,6 +195,10 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 def cmd_fuzz(args: argparse.Namespace) -> int:
     """Fuzz here, or inside a test kernel (re-running this command there through `kvmffi vm`)."""
     from .uapi import VmType
+    if args.examples < 1 or args.steps < 1:
+        print(f"kvmffi fuzz: --examples and --steps take a positive number (got {args.examples}, {args.steps})",
+              file=sys.stderr)
+        return 2
     if args.kernel:
         from .testkernel import BootError, boot
         try:
@@ -226,11 +230,13 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         print(f"  {call:<30} " + ", ".join(f"{k} {v}" for k, v in sorted(answers.items())))
     for bug, n in res.known_bugs.items():
         print(f"kvmffi fuzz: known kernel bug {bug} hit {n} times (kvmffi.kernels; not a new finding)")
-    if res.finding:
-        print(f"kvmffi fuzz: FINDING\n{res.finding}")
+    for i, f in enumerate(res.findings, 1):
+        print(f"kvmffi fuzz: FINDING {i} ({f.kind})\n{f}\n")
+    for kind, n in res.repeats.items():
+        print(f"kvmffi fuzz: finding {kind} seen {n} more times")
     print(f"kvmffi fuzz: {res.calls} calls in {res.examples} sequences, {res.seconds:.0f} s, "
-          f"{1 if res.finding else 0} finding(s) on {os.uname().release} ({vm_type.name} VM)")
-    return 1 if res.finding else 0
+          f"{len(res.findings)} finding(s) on {os.uname().release} ({vm_type.name} VM)")
+    return 1 if res.findings else 0
 
 
 def cmd_check_headers(args: argparse.Namespace) -> int:

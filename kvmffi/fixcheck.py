@@ -150,8 +150,8 @@ def _run_state(image: Path, selection: list[str], keyword: str | None, m: Machin
     cache = _run_key(image, selection, keyword, m)
     if use_cache and cache.exists():
         data = json.loads(cache.read_text())
-        tiers = [TierResult(**t) for t in data["tiers"]]
-        return StateRun(str(image), 0.0, data["run_s"], True, tiers)
+        kept = [TierResult(**t) for t in data["tiers"]]
+        return StateRun(str(image), 0.0, data["run_s"], True, kept)
     tiers, notes = plan_tiers(selection, kernel=str(image), quiet=True)
     t0 = time.monotonic()
     with open(log, "w") as f:

@@ -18,24 +18,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import contract
+from . import fuzzmodel as fm
 from .errors import HostMemoryFault, KvmError, errno_name
 from .exits import IntrExit, MemoryFaultExit
 from .guest_memfd import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, GuestMemfd
 from .kmsg import KernelLog, find_splats
 from .system import Kvm
-from .uapi import GuestMemfdFlag, MemoryAttribute, MemslotFlag, VmType
+from .uapi import Cap, GuestMemfdFlag, MemoryAttribute, MemslotFlag, VmType
 
 PAGE = 4096
 MiB = 1 << 20
 GPA_BASE = 1 << 32           # test memory lives at 4 GiB and up, as in TestVm
 GPA_SPAN = 64 * MiB          # fuzzed GPAs stay in [4 GiB, 4 GiB + 64 MiB) ...
 MAX_GMEM = 8 * MiB           # ... and guest_memfds are small: the machine has 2 cores, not 2 TB
+RESOURCE_ERRNOS = contract.RESOURCES
 KICK_AFTER = 2.0             # a blocking call (pre-fault, KVM_RUN) is kicked out after this long
 
 
 class Finding(AssertionError):
     """A call answered outside its contract, the model disagreed with the kernel, or the kernel
-    logged a splat. The message ends with a script that replays the sequence."""
+    logged a splat. The message ends with a script that replays the sequence; ``kind`` names the
+    rule that was broken, so that a run reports each kind once."""
+
+    def __init__(self, message: str, kind: str = "other") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -46,6 +53,8 @@ class Slot:
     offset: int
     keep: Any                 # the host memory its userspace_addr points into
     in_place: bool            # a guest_memfd slot whose userspace_addr is that file's own mapping
+    flags: int = 0
+    hva: int = 0
 
 
 @dataclass
@@ -54,6 +63,7 @@ class Stats:
     examples: int = 0
     answers: dict[str, dict[str, int]] = field(default_factory=dict)
     known: dict[str, int] = field(default_factory=dict)     # known kernel bugs hit, by name
+    repeats: dict[str, int] = field(default_factory=dict)   # findings of a kind already reported, by kind
     planned: int = 0
     started: float = 0.0
     last_report: float = 0.0
@@ -87,8 +97,9 @@ def _kick_later(seconds: float) -> threading.Timer:
     return t
 
 
-def build_machine(vm_type: VmType, log: KernelLog | None) -> type:
-    """The state machine class for one VM type (hypothesis imports lazily: only `kvmffi fuzz` needs it)."""
+def build_machine(vm_type: VmType, log: KernelLog | None, reported: frozenset[str] = frozenset()) -> type:
+    """The state machine class for one VM type (hypothesis imports lazily: only `kvmffi fuzz` needs it).
+    Findings of a kind in ``reported`` are counted, not raised: a run goes on to find other kinds."""
     from hypothesis import strategies as st
     from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, multiple, precondition, rule
 
@@ -164,13 +175,17 @@ def build_machine(vm_type: VmType, log: KernelLog | None) -> type:
                 raise Finding(str(e) + self.replay()) from None
             return err, res
 
-        def _wrong(self, bug: str, what: str) -> None:
-            """A wrong answer: a finding, unless it is a known bug of this kernel (counted, not raised)."""
+        def _wrong(self, bug: str | None, what: str, kind: str) -> None:
+            """A wrong answer: a finding, unless it is a known bug of this kernel or a kind this run
+            already reported (counted, not raised)."""
             from .kernels import known_bug
-            if known_bug(bug).affected():
+            if bug is not None and known_bug(bug).affected():
                 STATS.known[bug] = STATS.known.get(bug, 0) + 1
                 return
-            raise Finding(what + self.replay())
+            if kind in reported:
+                STATS.repeats[kind] = STATS.repeats.get(kind, 0) + 1
+                return
+            raise Finding(what + self.replay(), kind)
 
         def replay(self) -> str:
             return "\n\nreplay (kvmffi public API):\n    " + "\n    ".join(self.script)
@@ -269,18 +284,42 @@ def build_machine(vm_type: VmType, log: KernelLog | None) -> type:
             gn = self._name(g, "g") if g is not None else "None"
             line = (f"vm.set_user_memory_region2({slot}, {gpa:#x}, {size:#x}, {hva:#x}, {flags:#x}, {gn}, "
                     f"{offset:#x})")
+            expect = self._expect_memslot(slot, gpa, size, flags, hva, g, offset)
             err, _ = self._call("KVM_SET_USER_MEMORY_REGION2", line,
                                 lambda: self.vm.set_user_memory_region2(slot, gpa, size, hva, flags, g, offset,
                                                                         keep=keep))
-            if not err and size and g is not None and flags & MemslotFlag.GUEST_MEMFD and offset + size > g.size:
-                self._wrong("gmem_bind_offset_overflow", f"KVM_SET_USER_MEMORY_REGION2 accepted a binding of "
-                            f"[{offset:#x}, {offset + size:#x}) of a guest_memfd of {g.size:#x} bytes")
+            if expect is not None and not err:
+                kind = expect.rules[0].kind
+                bug = "gmem_bind_offset_overflow" if kind == "gmem_bind_past_end" else None
+                self._wrong(bug, f"KVM_SET_USER_MEMORY_REGION2 succeeded where it must fail: {expect.describe()}",
+                            kind)
+            elif expect is not None and err not in expect.errnos and err not in RESOURCE_ERRNOS:
+                self._wrong(None, f"KVM_SET_USER_MEMORY_REGION2 answered {errno_name(err)} where it must fail with "
+                            f"{' or '.join(errno_name(e) for e in sorted(expect.errnos))}: {expect.describe()}",
+                            "wrong_errno:" + expect.rules[0].kind)
             if not err:
                 if size:
                     gm = g if flags & MemslotFlag.GUEST_MEMFD else None
-                    self.slots[slot] = Slot(gpa, size, gm, offset, keep, in_place and gm is not None)
+                    self.slots[slot] = Slot(gpa, size, gm, offset, keep, in_place and gm is not None, flags, hva)
                 else:
                     self.slots.pop(slot, None)
+
+        def _expect_memslot(self, slot: int, gpa: int, size: int, flags: int, hva: int, g: GuestMemfd | None,
+                            offset: int) -> fm.Expect | None:
+            from .kernels import behaviour
+            # every slot of the VM, the harness's own included; a binding ends when its guest_memfd closes
+            model = {}
+            for n, m in self.vm.memslots.items():
+                mine = self.slots.get(n)
+                gm = mine.gmem if mine is not None else None
+                model[n] = fm.SlotModel(m.gpa, m.size, int(m.flags), m.userspace_addr,
+                                        id(gm) if gm is not None and not gm.closed else None, m.guest_memfd_offset)
+            bits = behaviour("memslot_flag_bits_3_31").expected()
+            overlap = tuple(e for e in behaviour("gmem_range_already_bound").expected() if isinstance(e, int))
+            return fm.set_memslot(model, slot, gpa, size, flags, hva,
+                                  fm.GmemModel(id(g), g.size) if g is not None else None, offset,
+                                  unknown_flags_fail=0 not in bits, overlap_errnos=overlap,
+                                  gmem_supported=self.vm.check_extension(Cap.GUEST_MEMFD) > 0)
 
         @precondition(lambda self: vm_type == VmType.DEFAULT)
         @rule(target=maps, pages=st.integers(1, 64), slot=st.integers(1, 8),
@@ -310,7 +349,7 @@ def build_machine(vm_type: VmType, log: KernelLog | None) -> type:
                                 lambda: self.vm.set_user_memory_region2(slot, gpa, size, m.addr + off,
                                                                         MemslotFlag.GUEST_MEMFD, g, off, keep=m))
             if not err:
-                self.slots[slot] = Slot(gpa, size, g, off, m, True)
+                self.slots[slot] = Slot(gpa, size, g, off, m, True, int(MemslotFlag.GUEST_MEMFD), m.addr + off)
             return (g, m)
 
         @rule(gpa=gpas, size=slot_sizes, attrs=st.sampled_from([0, int(MemoryAttribute.PRIVATE), 1, 1 << 63]),
@@ -338,7 +377,8 @@ def build_machine(vm_type: VmType, log: KernelLog | None) -> type:
             if err == E.EINTR:  # only the kick interrupts it: nothing else signals this thread
                 self._wrong("pre_fault_obsolete_root_livelock",
                             f"KVM_PRE_FAULT_MEMORY({gpa:#x}, {size:#x}) was still running after {KICK_AFTER} s "
-                            "(kicked out with EINTR): pre-faulting a slot's worth of memory takes milliseconds")
+                            "(kicked out with EINTR): pre-faulting a slot's worth of memory takes milliseconds",
+                            "pre_fault_no_progress")
 
         @precondition(lambda self: vm_type == VmType.DEFAULT)
         @rule(data=st.data())
@@ -403,42 +443,85 @@ class FuzzResult:
     examples: int
     calls: int
     seconds: float
-    finding: str | None
+    findings: list[Finding]
     answers: dict[str, dict[str, int]]
     known_bugs: dict[str, int]
+    repeats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def finding(self) -> str | None:
+        """The first finding's report, or None."""
+        return str(self.findings[0]) if self.findings else None
+
+
+SHRINK_SECONDS = 60      # hypothesis shrinks each finding for at most this long (its default: 300 s)
+MAX_FINDINGS = 10
+
+
+def _kind(e: BaseException) -> str:
+    """A finding's kind: the rule it broke, else the shape of its first line (numbers left out)."""
+    import re
+    if isinstance(e, Finding) and e.kind != "other":
+        return e.kind
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return re.sub(r"0x[0-9a-f]+|\d+", "N", first)[:120]
 
 
 def fuzz(*, examples: int = 200, seed: int | None = None, vm_type: VmType = VmType.DEFAULT,
          steps: int = 40) -> FuzzResult:
-    """Run ``examples`` random sequences of up to ``steps`` calls each; stop at the first finding."""
+    """Run ``examples`` random sequences of up to ``steps`` calls each and report every distinct
+    finding: after each one (shrunk for at most SHRINK_SECONDS) the run goes on with the sequences
+    left, that kind counted rather than raised, up to MAX_FINDINGS kinds."""
     from hypothesis import HealthCheck, settings
     from hypothesis import seed as hseed
     from hypothesis.stateful import run_state_machine_as_test
 
-    STATS.calls, STATS.examples, STATS.answers, STATS.known = 0, 0, {}, {}
+    if examples < 1 or steps < 1:
+        raise ValueError(f"examples ({examples}) and steps ({steps}) must be at least 1")
+    try:  # bound the shrinking of one finding (hypothesis has no setting for it)
+        from hypothesis.internal.conjecture import engine
+        engine.MAX_SHRINKING_SECONDS = SHRINK_SECONDS  # type: ignore[misc]
+    except (ImportError, AttributeError):
+        pass
+    STATS.calls, STATS.examples, STATS.answers, STATS.known, STATS.repeats = 0, 0, {}, {}, {}
     STATS.planned, STATS.started = examples, time.monotonic()
     STATS.last_report = STATS.started
     with Kvm() as kvm:
         if int(vm_type) not in [int(t) for t in kvm.vm_types()]:
             raise ValueError(f"VM type {vm_type.name} is not offered here (KVM_CAP_VM_TYPES)")
     log = KernelLog.open()
-    machine = build_machine(vm_type, log)
-    if seed is not None:
-        machine = hseed(seed)(machine)
-    cfg = settings(max_examples=examples, stateful_step_count=steps, deadline=None, database=None,
-                   suppress_health_check=list(HealthCheck), print_blob=False)
     t0 = time.monotonic()
-    finding = None
+    findings: list[Finding] = []
+    kinds: set[str] = set()
     try:
-        run_state_machine_as_test(machine, settings=cfg)
-    except Finding as e:
-        finding = str(e)
-    except Exception as e:  # a crash in kvmffi itself is a finding too
-        finding = f"{type(e).__name__}: {e}"
+        for round_ in range(MAX_FINDINGS * 2):
+            left = examples - STATS.examples
+            if left <= 0 or len(findings) >= MAX_FINDINGS:
+                break
+            machine = build_machine(vm_type, log, frozenset(kinds))
+            if seed is not None:
+                machine = hseed(seed + round_)(machine)
+            cfg = settings(max_examples=left, stateful_step_count=steps, deadline=None, database=None,
+                           suppress_health_check=list(HealthCheck), print_blob=False)
+            try:
+                run_state_machine_as_test(machine, settings=cfg)
+                break
+            except Exception as e:  # a Finding, or a crash in kvmffi itself (a finding too)
+                kind = _kind(e)
+                if kind in kinds:
+                    STATS.repeats[kind] = STATS.repeats.get(kind, 0) + 1
+                    continue
+                kinds.add(kind)
+                f = e if isinstance(e, Finding) else Finding(f"{type(e).__name__}: {e}", kind)
+                f.kind = kind
+                findings.append(f)
+                print(f"kvmffi fuzz: finding {len(findings)} ({kind}) after {STATS.calls} calls", file=sys.stderr,
+                      flush=True)
     finally:
         if log is not None:
             log.close()
-    return FuzzResult(STATS.examples, STATS.calls, time.monotonic() - t0, finding, STATS.answers, STATS.known)
+    return FuzzResult(STATS.examples, STATS.calls, time.monotonic() - t0, findings, STATS.answers, STATS.known,
+                      STATS.repeats)
 
 
 __all__ = ["Finding", "FuzzResult", "fuzz", "KvmError"]

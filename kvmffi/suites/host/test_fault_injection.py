@@ -113,7 +113,8 @@ def _inject(fi: FailNth, call: Callable[[], object], undo: Callable[[object], No
 def test_create_guest_memfd_under_allocation_failures(vm: Vm, fail_nth) -> None:
     """KVM_CREATE_GUEST_MEMFD with each allocation failing in turn: a resource errno and no fd, or
     success; then an uninjected create succeeds."""
-    sites = _inject(fail_nth, lambda: vm.create_guest_memfd(SIZE), lambda g: g.close(), lambda: None,
+    sites = _inject(fail_nth, lambda: vm.create_guest_memfd(SIZE), lambda g: g.close(),  # type: ignore[attr-defined]
+                    lambda: None,
                     "KVM_CREATE_GUEST_MEMFD")
     assert sites > 0, "KVM_CREATE_GUEST_MEMFD made no allocation that fault injection could fail"
 
