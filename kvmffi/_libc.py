@@ -18,6 +18,7 @@ CDEF = r"""
     int prctl(int option, ...);
     void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset);
     int munmap(void *addr, size_t length);
+    int fstatfs(int fd, void *buf);
     struct iovec { void *iov_base; size_t iov_len; };
     ssize_t process_vm_readv(int pid, const struct iovec *local_iov, unsigned long liovcnt,
                              const struct iovec *remote_iov, unsigned long riovcnt, unsigned long flags);
@@ -47,6 +48,15 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> int:
     64-bit pattern (2**64 - 4096 arrives as -4096), so negative tests reach the kernel's checks."""
     ret = _c.fallocate(fd, _s32(mode), _s64(offset), _s64(length))
     return ffi.errno if ret < 0 else 0
+
+
+def fstatfs_type(fd: int) -> tuple[int, int]:
+    """fstatfs(2)'s f_type (the filesystem's magic number), and the errno (0 on success). x86-64's
+    struct statfs is 120 bytes with f_type, a long, first."""
+    buf = ffi.new("char[]", 120)
+    if _c.fstatfs(fd, buf) < 0:
+        return 0, ffi.errno
+    return int.from_bytes(ffi.buffer(buf, 8)[:], "little"), 0
 
 
 def die_with_parent() -> None:

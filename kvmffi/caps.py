@@ -25,6 +25,7 @@ class VmTypeCaps:
     memory_attributes: int = 0
     pre_fault_memory: int = 0
     user_memory2: int = 0
+    environment: str = ""       # a refusal by the environment (a security module), not by KVM
 
     @property
     def private(self) -> bool:
@@ -114,6 +115,12 @@ def snapshot(path: str = "/dev/kvm") -> HostCaps:
                     vc.memory_attributes = vm.check_extension(Cap.MEMORY_ATTRIBUTES)
                     vc.pre_fault_memory = vm.check_extension(Cap.PRE_FAULT_MEMORY)
                     vc.user_memory2 = vm.check_extension(Cap.USER_MEMORY2)
+                    if vc.guest_memfd > 0:
+                        try:
+                            vm.create_guest_memfd(1 << 21).close()
+                        except KvmError as e:
+                            from .hints import security_module_refusal
+                            vc.environment = security_module_refusal(e.ioctl, e.errno or 0) or str(e)
             except KvmError as e:
                 vc.error = str(e)
             h.per_vm_type.append(vc)
@@ -143,6 +150,11 @@ def format_table(h: HostCaps) -> str:
             continue
         lines.append(f"  {v.vm_type:<14} {v.guest_memfd:>11}  {v.guest_memfd_flag_names:<22} "
                      f"{v.memory_attribute_names:<20} {v.pre_fault_memory}")
+        unknown = v.guest_memfd_flags & ~sum(GuestMemfdFlag.__members__.values())
+        if unknown:
+            lines.append(f"  {'':<14} guest_memfd flag bits {unknown:#x} are unknown to kvmffi: untested")
+        if v.environment:
+            lines.append(f"  {'':<14} {v.environment}")
     if h.probes:
         lines += ["", "probes:"]
         for k, val in h.probes.items():

@@ -56,6 +56,16 @@ class GuestMemfd(FdOwner):
     def stat(self) -> os.stat_result:
         return os.fstat(self.fileno())
 
+    def fs_magic(self) -> int:
+        """fstatfs(2)'s f_type for this file: the magic of the filesystem its inode lives on
+        (GUEST_MEMFD_MAGIC 0x474d454d from 6.19, the anonymous-inode filesystem's before). Raises
+        OSError if fstatfs fails."""
+        from ._libc import fstatfs_type
+        magic, err = fstatfs_type(self.fileno())
+        if err:
+            raise OSError(err, f"fstatfs on guest_memfd {self.fileno()}: {os.strerror(err)}")
+        return magic
+
     def mmap(self, length: int | None = None, offset: int = 0, *, shared: bool = True,
              prot: int = mmap.PROT_READ | mmap.PROT_WRITE) -> HostMemory | RawMapping:
         """Map the file (needs GUEST_MEMFD_FLAG_MMAP). Returns a writable buffer with ``.addr``.

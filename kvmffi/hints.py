@@ -46,3 +46,19 @@ def require_gmem_flags(vm: Any, flags: GuestMemfdFlag | int) -> None:
     first = GuestMemfdFlag(missing & -missing)
     raise MissingCapability(f"a {vtype} VM offers guest_memfd flags {have or 0}, this needs {flags}: {how}",
                             feature=f"GUEST_MEMFD_FLAG_{first.name}")
+
+
+def security_module_refusal(ioctl: str, err: int, lsm_path: str = "/sys/kernel/security/lsm") -> str | None:
+    """The environment's reason when a security module refuses what KVM would create: guest_memfd's
+    inode is made through anon_inode_make_secure_inode(), so an LSM policy can answer EACCES or EPERM
+    to KVM_CREATE_GUEST_MEMFD. Such a refusal is a skip (bisect 125), never a kernel failure."""
+    import errno as E
+    if ioctl != "KVM_CREATE_GUEST_MEMFD" or err not in (E.EACCES, E.EPERM):
+        return None
+    try:
+        with open(lsm_path) as f:
+            lsms = f.read().strip() or "none listed"
+    except OSError:
+        lsms = f"unknown ({lsm_path} unreadable)"
+    return (f"KVM_CREATE_GUEST_MEMFD answered {E.errorcode[err]}: a security module refuses guest_memfd's inode "
+            f"(active LSMs: {lsms}); the environment, not KVM: allow anon inodes of class kvm-gmem in its policy")

@@ -129,6 +129,13 @@ BEHAVIOURS: dict[str, Behaviour] = {b.name: b for b in (
          Answer(17, since=(6, 19), until=(7, 2), kernels="6.19-7.1 (not measured)")),
         "kvm_gmem_bind() returned EINVAL for every refusal; later kernels say EEXIST for an overlap"),
     Behaviour(
+        "gmem_fstatfs_magic",
+        "fstatfs() of a guest_memfd: the filesystem magic its inode lives on",
+        (Answer(0x09041934, until=(6, 19), kernels="6.8-6.18, the anonymous-inode filesystem (measured: 6.12, 6.18)"),
+         Answer(0x474D454D, since=(6, 19), kernels="6.19 and later, guest_memfd's own filesystem, \"GMEM\" "
+                "(include/uapi/linux/magic.h GUEST_MEMFD_MAGIC; measured: 7.3)")),
+        "6.19 moved guest_memfd inodes to their own pseudo filesystem"),
+    Behaviour(
         "memslot_flag_bits_3_31",
         "KVM_SET_USER_MEMORY_REGION(2) with a flag bit from 3 to 31",
         (Answer(22, until=NEWEST_KNOWN_NEXT, kernels="every kernel through 7.3, which define bits 0-2 only"),

@@ -119,6 +119,14 @@ def test_fstat(vm, gmem_factory, gmem_flags) -> None:
     assert st.st_blksize == PAGE_SIZE
 
 
+def test_fstatfs_names_the_guest_memfd_filesystem(vm, gmem_factory) -> None:
+    """fstatfs() of a guest_memfd: its own filesystem ("GMEM", 0x474d454d) from 6.19, the
+    anonymous-inode filesystem's magic before (kvmffi.kernels "gmem_fstatfs_magic")."""
+    b = behaviour("gmem_fstatfs_magic")
+    magic = gmem_factory(vm, SIZE).fs_magic()
+    assert magic in b.expected(), f"fstatfs f_type {magic:#x}; known answers: {b.describe()}"
+
+
 def test_read_write_fail(vm, gmem_factory, gmem_flags) -> None:
     """No read/write file operations, whatever the flags: read/write give EINVAL, pread/pwrite ESPIPE
     (not seekable). Measured: 6.12, 6.18, 7.3."""
