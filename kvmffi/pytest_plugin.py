@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from . import caps as _caps
+from . import requirements
 from .guest_memfd import GuestMemfd
 from .hints import missing_cap_reason
 from .system import Kvm
@@ -99,6 +100,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_KEY] = _Session(strict=strict, forced=bool(config.getoption("--kvmffi")), gate_mode=gate,
                                   kvm_path=config.getoption("--kvm-path") or config.getini("kvm_path") or "/dev/kvm")
     _CONFIGS.append(config)
+    requirements.system_cap = _system_cap
     from . import ktap
     ktap.configure(config)
     config.addinivalue_line("markers", "requires_cap(cap, min=1, vm=False): skip unless KVM reports the "
@@ -141,31 +143,24 @@ def _missing_verdict(reason: str, feature: str | None) -> tuple[bool, str]:
 
 
 def skip_missing(reason: str, feature: str | None = None) -> None:
-    """Skip because the kernel lacks something; a failure in strict mode, unless the running kernel
-    predates ``feature`` (a kvmffi.kernels.FEATURE_SINCE key), which it then lacks by design."""
+    """Kept for tests written against the plugin: kvmffi.requirements.skip_missing."""
     __tracebackhide__ = True
-    fail, msg = _missing_verdict(reason, feature)
-    if fail:
-        pytest.fail(msg, pytrace=False)
-    pytest.skip(msg)
+    requirements.skip_missing(reason, feature)
 
 
 def require_cap(cap: Cap, vm: Vm | None = None, min: int = 1) -> int:
-    """Skip (or fail in strict mode) unless ``cap`` >= ``min``; returns the value."""
+    """Kept for tests written against the plugin: kvmffi.requirements.require_cap."""
     __tracebackhide__ = True
-    if vm is not None:
-        got = vm.check_extension(cap)
-        where = f"a {getattr(vm.type, 'name', vm.type)} VM"
-    else:
-        cached = host_caps().system.get(cap.name)
-        if cached is None:
-            with Kvm(_st().kvm_path) as kvm:
-                cached = kvm.check_extension(cap)
-        got = cached
-        where = "/dev/kvm"
-    if got < min:
-        skip_missing(missing_cap_reason(cap, got, where, f">= {min}"), cap.kernel_name)
-    return got
+    return requirements.require_cap(cap, vm, min)
+
+
+def _system_cap(cap: Cap) -> int:
+    """/dev/kvm's answer, from the session's snapshot where it has one (kvmffi.requirements asks here)."""
+    cached = host_caps().system.get(cap.name)
+    if cached is None:
+        with Kvm(_st().kvm_path) as kvm:
+            cached = kvm.check_extension(cap)
+    return cached
 
 
 def _header() -> list[str]:
@@ -327,16 +322,7 @@ def gmem_factory() -> Iterator[Callable[..., GuestMemfd]]:
         g.close()
 
 
-def expect_kernel_bug(item: pytest.Item, name: str) -> None:
-    """Mark the test an expected failure if the running kernel has the known bug ``name``.
-
-    It still runs: on a kernel that fixed the bug it XPASSes (reported), and on kernels outside
-    the bug's range it is an ordinary test.
-    """
-    from .kernels import known_bug
-    bug = known_bug(name)
-    if bug.affected():
-        item.add_marker(pytest.mark.xfail(reason=bug.reason(), strict=False, run=True))
+expect_kernel_bug = requirements.expect_kernel_bug
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -3,7 +3,7 @@
 import pytest
 
 from kvmffi import Cap
-from kvmffi.pytest_plugin import require_cap
+from kvmffi.requirements import require_cap
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from kvmffi.uapi import Cap, VmType
 
 
 def test_fuzz_finds_nothing(kvm: Kvm) -> None:
-    from kvmffi.pytest_plugin import require_cap
+    from kvmffi.requirements import require_cap
     require_cap(Cap.GUEST_MEMFD)
     examples = int(os.environ.get("KVMFFI_FUZZ_EXAMPLES", "25"))
     r = fuzz(examples=examples, seed=int(os.environ.get("KVMFFI_FUZZ_SEED", "1")), vm_type=VmType.DEFAULT)

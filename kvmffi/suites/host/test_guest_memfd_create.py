@@ -7,7 +7,7 @@ import pytest
 
 from kvmffi import PAGE_SIZE, Cap, GuestMemfdFlag, Kvm, VmType, errno_of
 from kvmffi.kernels import behaviour
-from kvmffi.pytest_plugin import require_cap
+from kvmffi.requirements import require_cap
 from kvmffi.testing import expect_answer, expect_errno
 
 SIZE = 4 * PAGE_SIZE

@@ -11,7 +11,7 @@ import pytest
 from kvmffi import PAGE_SIZE, GuestMemfdFlag, KvmError
 from kvmffi.errors import HostMemoryFault
 from kvmffi.hints import require_gmem_flags
-from kvmffi.pytest_plugin import skip_missing
+from kvmffi.requirements import skip_missing
 from kvmffi.testing import run_in_child, touch
 
 SIZE = 4 * PAGE_SIZE

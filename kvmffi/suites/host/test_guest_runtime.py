@@ -7,7 +7,7 @@ import pytest
 from kvmffi import Cap, Exit, GuestMemfdFlag, IoDirection, IoExit, Kvm, MmioExit, Regs
 from kvmffi.guest import x86
 from kvmffi.probes import run_map_gpa_range
-from kvmffi.pytest_plugin import skip_missing
+from kvmffi.requirements import skip_missing
 from kvmffi.testvm import (TEST_GPA, GuestAssertionError, GuestException, GuestHang, GuestTripleFault, TestVm,
                            UnexpectedExit)
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from kvmffi import Cap, KvmError, MemslotFlag, VmType
-from kvmffi.pytest_plugin import expect_kernel_bug, require_cap
+from kvmffi.requirements import expect_kernel_bug, require_cap
 from kvmffi.testing import expect_errno
 from kvmffi.testvm import KICK_SIGNAL, TEST_GPA, TestVm
 
@@ -26,7 +26,7 @@ PAGE = 4096
 def skip_missing_vm_type(kvm, vm_type: VmType, feature: str | None = None) -> None:
     """Skip (fail in strict mode) naming the KVM_CAP_VM_TYPES bit this test needs."""
     from kvmffi.hints import missing_cap_reason
-    from kvmffi.pytest_plugin import skip_missing
+    from kvmffi.requirements import skip_missing
     skip_missing(missing_cap_reason(Cap.VM_TYPES, kvm.check_extension(Cap.VM_TYPES), "/dev/kvm",
                                     f"bit {int(vm_type)}"), feature)
 
