@@ -173,6 +173,13 @@ KNOWN_BUGS: dict[str, KnownBug] = {b.name: b for b in (
         "no kvm_pvm release yet (upstream KVM exits with KVM_EXIT_HYPERCALL)",
         (Answer(None, module="kvm_pvm", kernels="kvm_pvm"),)),
     KnownBug(
+        "pre_fault_memslot_delete_deadlock",
+        "KVM_PRE_FAULT_MEMORY retries forever on a memslot that is being deleted while it holds kvm->srcu, "
+        "which the deletion waits for: both threads hang until a signal interrupts the pre-fault",
+        "6.18 (\"KVM: x86/mmu: Return -EAGAIN if userspace deletes/moves memslot during prefault\", 3ccbf6f47098; "
+        "not in Debian 6.12.117)",
+        (Answer(None, since=(6, 11), until=(6, 18), kernels="6.11-6.17 (6.12 by source)"),)),
+    KnownBug(
         "pre_fault_obsolete_root_livelock",
         "KVM_PRE_FAULT_MEMORY retries forever on the vCPU's obsolete MMU root after a memslot is "
         "deleted and recreated, until the vCPU next enters KVM_RUN",

@@ -17,6 +17,8 @@ enum {
 	S_READ_TEST_MEMORY = 11,
 	S_HYPERCALL = 12,
 	S_HYPERCALL_AFTER_UNKNOWN = 13,
+	S_READ_SYNC_WRITE = 14,
+	S_ENTER_ACROSS_MMIO = 15,
 };
 
 /* A hypercall number KVM does not know: KVM answers it itself with -KVM_ENOSYS. */
@@ -79,6 +81,25 @@ void guest_main(uint64_t vcpu_id)
 	case S_HYPERCALL:
 		value = kvm_hypercall_map_gpa_range(test_gpa, 4096, KVM_MAP_GPA_RANGE_DECRYPTED);
 		GUEST_SYNC(1, value);
+		break;
+	case S_READ_SYNC_WRITE:
+		/* read test_gpa (a GVA), let the host change its mapping, write it, read it back */
+		GUEST_SYNC(1, READ_ONCE(*(volatile uint64_t *)test_gpa));
+		WRITE_ONCE(*(volatile uint64_t *)test_gpa, value);
+		GUEST_SYNC(2, READ_ONCE(*(volatile uint64_t *)test_gpa));
+		break;
+	case S_ENTER_ACROSS_MMIO:
+		/* ENTER pushes RBP (value) at test_gpa + 0xffc: an 8-byte write across a page boundary
+		 * into memory no memslot backs, which KVM emulates as two MMIO fragments */
+		__asm__ volatile("mov %%rsp, %%r12\n\t"
+				 "mov %%rbp, %%r13\n\t"
+				 "mov %[v], %%rbp\n\t"
+				 "mov %[sp], %%rsp\n\t"
+				 "enter $0, $0\n\t"
+				 "mov %%r12, %%rsp\n\t"
+				 "mov %%r13, %%rbp\n\t"
+				 : : [v] "r"(value), [sp] "r"(test_gpa + 0x1004) : "r12", "r13", "memory");
+		GUEST_SYNC(1);
 		break;
 	case S_HYPERCALL_AFTER_UNKNOWN:
 		/* one KVM answers itself, then one that exits to userspace */
