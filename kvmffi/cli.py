@@ -148,6 +148,73 @@ def cmd_fixcheck(args: argparse.Namespace) -> int:
     return res.exit_code
 
 
+def cmd_selftests(args: argparse.Namespace) -> int:
+    """The kernel's own KVM selftests, built from the test kernel's source and run inside it."""
+    from pathlib import Path
+
+    from .selftests import (DEFAULT_TIMEOUT, GUEST_MEMFD_SELFTESTS, SelftestBuildError, available, build_selftests,
+                            run_selftests)
+    from .testkernel import BootError, KernelBuildError, build_kernel
+    from .testkernel.sources import SourceError, kernel_source
+    say = (lambda m: None) if args.quiet else (lambda m: print(f"kvmffi selftests: {m}", file=sys.stderr, flush=True))
+    if args.timeout <= 0:
+        print(f"kvmffi selftests: --timeout {args.timeout}: give seconds > 0", file=sys.stderr)
+        return 2
+    try:
+        if args.tree:
+            tree = Path(args.tree).resolve()
+            image = args.kernel or str(build_kernel(tree, quiet=args.quiet))
+        else:
+            version = args.version or (args.kernel if args.kernel and not os.path.exists(args.kernel) else "7.3")
+            base = version.removesuffix("-debug")
+            tree = kernel_source(base).tree
+            image = args.kernel if args.kernel and os.path.exists(args.kernel) else \
+                str(build_kernel(None, version=base, debug=version.endswith("-debug"), quiet=args.quiet))
+        names = list(args.names) or list(GUEST_MEMFD_SELFTESTS)
+        found = available(tree, names)
+        if args.list:
+            print("\n".join(found))
+            return 0
+        missing = [n for n in names if not available(tree, [n])]
+        if missing:
+            print(f"kvmffi selftests: not in {tree}: {', '.join(missing)}", file=sys.stderr)
+            return 2
+        binaries = build_selftests(tree, found, progress=say)
+        say(f"running {len(binaries)} selftest(s) in {image} ({args.timeout:.0f} s each at most)")
+        results = run_selftests(image, binaries, timeout=args.timeout or DEFAULT_TIMEOUT,
+                                kernel_args=args.kernel_args, echo=None if args.quiet else
+                                (lambda line: print(line, file=sys.stderr, flush=True)
+                                 if line.startswith("# selftest") else None))
+    except (SourceError, KernelBuildError, SelftestBuildError, BootError) as e:
+        print(f"kvmffi selftests: {e}", file=sys.stderr)
+        return 125
+    if args.format == "ktap":
+        print("KTAP version 1")
+        print(f"1..{len(results)}")
+        for i, r in enumerate(results, 1):
+            for line in r.subtests:
+                print(f"    {line}")
+            tag = " # SKIP " + r.detail.splitlines()[0] if r.outcome == "skip" and r.detail else ""
+            print(("ok" if r.outcome in ("pass", "skip") else "not ok") + f" {i} {r.name}{tag}")
+            if r.outcome in ("fail", "timeout"):
+                for line in r.detail.splitlines():
+                    print(f"# {line}")
+        t = {k: sum(1 for r in results if r.outcome == k) for k in ("pass", "fail", "skip", "timeout")}
+        print(f"# Totals: pass:{t['pass']} fail:{t['fail'] + t['timeout']} xfail:0 xpass:0 skip:{t['skip']} error:0")
+    else:
+        for r in results:
+            print(f"{r.outcome.upper():<8} {r.name:<40} {r.seconds:6.1f} s"
+                  + (f"  {r.detail.splitlines()[0]}" if r.detail and r.outcome != "pass" else ""))
+            if r.outcome in ("fail", "timeout"):
+                print("\n".join("         " + line for line in r.detail.splitlines()[1:]))
+    failed = [r for r in results if r.outcome in ("fail", "timeout")]
+    if failed:
+        print(f"kvmffi selftests: {len(failed)} of {len(results)} failed: {', '.join(r.name for r in failed)}",
+              file=sys.stderr)
+        return 1
+    return 0 if any(r.outcome == "pass" for r in results) else 4
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("selection", nargs="*", help="tiers (host, private, host/test_vm.py, ...) and/or your own pytest "
                    "paths and node ids (default: every tier this host can run)")
@@ -341,6 +408,22 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--json", action="store_true", help="the result as JSON on stdout")
     fc.add_argument("-q", "--quiet", action="store_true")
     fc.set_defaults(fn=cmd_fixcheck)
+
+    st = sub.add_parser("selftests", help="the kernel's own KVM selftests, built from the test kernel's source and "
+                        "run inside it (0 pass, 1 fail, 4 all skipped, 125 cannot build or boot)")
+    st.add_argument("names", nargs="*", help="selftests, e.g. guest_memfd_test x86/private_mem_conversions_test "
+                    "(default: the six guest_memfd-related ones)")
+    where_ = st.add_mutually_exclusive_group()
+    where_.add_argument("--version", help="Debian's linux-source-VERSION (default 7.3; 7.3-debug for the debug kernel)")
+    where_.add_argument("--tree", help="a kernel source tree: the kernel and the selftests are built from it")
+    st.add_argument("--kernel", help="boot this bzImage (with --tree: the selftests' source) or version")
+    st.add_argument("--kernel-args", default="", metavar="ARGS", help="kernel command line additions")
+    st.add_argument("--timeout", type=float, default=120.0, help="seconds per selftest (default 120): killed and "
+                    "reported as a timeout")
+    st.add_argument("--format", choices=["pretty", "ktap"], default="pretty")
+    st.add_argument("--list", action="store_true", help="list the named selftests the source has, and stop")
+    st.add_argument("-q", "--quiet", action="store_true")
+    st.set_defaults(fn=cmd_selftests)
 
     v = sub.add_parser("vm", help="boot the test kernel under QEMU and run a command inside")
     v.add_argument("--kernel", help="bzImage or version (6.12, 7.3, 7.3-debug; default 6.12), built if missing")
