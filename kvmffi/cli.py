@@ -143,8 +143,7 @@ def cmd_fixcheck(args: argparse.Namespace) -> int:
         return EXIT_CODES[CANNOT_TELL]
     if args.json:
         print(json.dumps(res.to_json(), indent=2))
-    caught = f" (caught by {', '.join(res.caught_by)})" if res.caught_by else ""
-    print(f"kvmffi fixcheck: {res.verdict}{caught}: {res.why}", file=sys.stderr)
+    print(f"kvmffi fixcheck: {res.verdict}: {res.why}", file=sys.stderr)
     return res.exit_code
 
 

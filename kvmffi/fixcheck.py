@@ -125,7 +125,10 @@ def judge(without: StateRun, with_bug: StateRun) -> tuple[str, str]:
     if without.ksft != KSFT_PASS:
         return CANNOT_TELL, "every selected test skipped without the bug"
     if with_bug.ksft == KSFT_FAIL:
-        return CATCHES, "fails with the bug: " + (", ".join(with_bug.failed[:8]) or "a tier failed")
+        failed = with_bug.failed
+        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+        return CATCHES, (f"{len(failed)} test(s) fail with the bug and pass without it: " + ", ".join(failed[:5]) + more
+                         if failed else "a tier fails with the bug (no single test named: see its log)")
     return NOT_CAUGHT, "the selection passes with the bug too"
 
 

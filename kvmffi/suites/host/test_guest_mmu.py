@@ -9,6 +9,8 @@ clear), and its write after the VMM changed the PTE replaces that present shadow
 
 import struct
 
+import pytest
+
 from kvmffi import Kvm, MmioExit
 from kvmffi.kernels import mmu_mode
 from kvmffi.testvm import TEST_GPA, TestVm
@@ -80,18 +82,43 @@ def test_guest_write_to_a_pte_retargeted_at_mmio_exits(kvm: Kvm, vm_type) -> Non
             f"MMIO writes {writes}, page A {a:#x}"
 
 
-def test_enter_across_two_mmio_pages_exits_with_both_halves(kvm: Kvm, vm_type) -> None:
+def _run_in_new_thread(vcpu, timeout: float = 30.0):
+    """One KVM_RUN from a thread of its own, which then ends (its kernel stack is freed)."""
+    import signal
+    import threading
+
+    from kvmffi.testvm import KICK_SIGNAL
+    out: list[object] = []
+    th = threading.Thread(target=lambda: out.append(vcpu.run()), name="kvmffi-one-run")
+    th.start()
+    th.join(timeout)
+    if th.is_alive():
+        signal.pthread_kill(th.ident, KICK_SIGNAL)  # type: ignore[arg-type]
+        th.join(10)
+        raise AssertionError(f"KVM_RUN did not return within {timeout} s")
+    return out[0] if out else None
+
+
+@pytest.mark.parametrize("runner", ["same thread", "each KVM_RUN from a new thread"])
+def test_enter_across_two_mmio_pages_exits_with_both_halves(kvm: Kvm, vm_type, runner: str) -> None:
     """The guest's ENTER pushes RBP = 0x1122334455667788 at MMIO_GPA + 0xffc: KVM emulates the 8-byte
     write that crosses into the next page as two KVM_EXIT_MMIOs, (MMIO_GPA + 0xffc, 4 bytes
     88 77 66 55) then (MMIO_GPA + 0x1000, 4 bytes 44 33 22 11). The second one is sent on the next
-    KVM_RUN, from data KVM must have kept ("KVM: x86: Use scratch field in MMIO fragment to hold small
-    write values", 0b16e69d17d8, CVE-2026-31588; before it, stale stack bytes)."""
+    KVM_RUN, from data KVM must have kept: also when that KVM_RUN comes from another thread, after
+    the first one's thread (and its kernel stack) is gone ("KVM: x86: Use scratch field in MMIO
+    fragment to hold small write values", 0b16e69d17d8, CVE-2026-31588; before it the second half
+    was read from the emulator's dead stack frame)."""
     mmio: list[tuple[int, bytes, bool]] = []
     with TestVm("scenarios", kvm=kvm, vm_type=vm_type) as t:
         t.pt.map(MMIO_GPA, MMIO_GPA, 2 * PAGE)   # mapped in the guest, backed by no memslot
         t.set_param("scenario", "S_ENTER_ACROSS_MMIO")
         t.set_param("test_gpa", MMIO_GPA)
         t.set_param("value", VALUE)
+        if runner != "same thread":
+            for _ in range(2):
+                ex = _run_in_new_thread(t.vcpus[0])
+                assert isinstance(ex, MmioExit), f"KVM_RUN from a new thread: {ex!r} (want KVM_EXIT_MMIO)"
+                mmio.append((ex.phys_addr, ex.data, ex.is_write))
 
         def on_exit(v, ex) -> bool:
             if isinstance(ex, MmioExit):

@@ -1,9 +1,10 @@
 """KVM's own metadata for private memory is charged to the VMM's memory cgroup (CHECKLIST: accounting).
 
 KVM_SET_MEMORY_ATTRIBUTES keeps one xarray entry per 4 KiB page (virt/kvm/kvm_main.c
-kvm_vm_set_mem_attributes, allocated with GFP_KERNEL_ACCOUNT since the ioctl's first version, v6.8):
-a VMM that marks 1 GiB private owns about 2.3 MiB of xarray nodes (262144 entries, 64 to a
-576-byte node), and its cgroup pays for them. Needs cgroup v2 with the memory controller (the test
+kvm_vm_set_mem_attributes; the xarray is XA_FLAGS_ACCOUNT and its nodes are allocated with
+GFP_KERNEL_ACCOUNT since the ioctl's first version, v6.8): a VMM that marks 1 GiB private owns
+about 2.3 MiB of xarray nodes (262144 entries, 64 to a 576-byte node; measured in 7.3: 2.25 MiB
+of memory.current, all slab), and its cgroup pays for them. Needs cgroup v2 with the memory controller (the test
 kernels).
 """
 
