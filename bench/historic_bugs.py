@@ -71,8 +71,22 @@ def selftest_failures(results: list[SelftestResult]) -> set[str]:
     return {r.name for r in results if r.outcome in ("fail", "timeout")}
 
 
+def fuzz_findings(image: str, examples: int, kernel_args: str, log: Path) -> tuple[list[str], int]:
+    """A bounded `kvmffi fuzz` run (seed 7) inside ``image``: (the kinds of its findings, exit code)."""
+    import re
+    import subprocess
+    cmd = [sys.executable, "-m", "kvmffi", "fuzz", "--kernel", image, "--examples", str(examples), "--seed", "7",
+           "-q"]
+    if kernel_args:
+        cmd += ["--kernel-args", kernel_args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    log.write_text(r.stdout + r.stderr)
+    return re.findall(r"^kvmffi fuzz: FINDING \d+ \((.*)\)$", r.stdout, re.M), r.returncode
+
+
 def run_bug(bug: Bug, version: str, selftests: dict[str, Path] | None, baseline_selftests: dict[tuple[bool, str], set[str]],
-            logs: Path) -> dict[str, object]:
+            logs: Path, fuzz_examples: int = 0, baseline_fuzz: dict[tuple[bool, str], set[str]] | None = None
+            ) -> dict[str, object]:
     m = Machine(debug=bug.debug, kernel_args=bug.kernel_args)
     t0 = time.monotonic()
     res = fixcheck(Change(patch=bug.patch), [], version=version, machine=m, log_dir=logs / bug.id)
@@ -102,21 +116,35 @@ def run_bug(bug: Bug, version: str, selftests: dict[str, Path] | None, baseline_
         except Exception as e:  # a selftests problem never hides kvmffi's column
             st = {"caught": False, "tests": [], "ran": False, "error": f"{type(e).__name__}: {e}"}
     entry["selftests"] = st
+    if fuzz_examples and res.with_bug.image and res.without_bug.image and baseline_fuzz is not None:
+        key = (bug.debug, bug.kernel_args)
+        if key not in baseline_fuzz:
+            say(f"{bug.id}: fuzz without the bug ({fuzz_examples} sequences)")
+            baseline_fuzz[key] = set(fuzz_findings(res.without_bug.image, fuzz_examples, bug.kernel_args,
+                                                   logs / bug.id / "fuzz-without-bug.log")[0])
+        say(f"{bug.id}: fuzz with the bug ({fuzz_examples} sequences)")
+        kinds, _ = fuzz_findings(res.with_bug.image, fuzz_examples, bug.kernel_args, logs / bug.id / "fuzz-with-bug.log")
+        new = [k for k in kinds if k not in baseline_fuzz[key]]
+        entry["fuzz"] = {"caught": bool(new), "findings": new, "examples": fuzz_examples}
     entry["total_s"] = round(time.monotonic() - t0, 1)
     return entry
 
 
 def table(bugs: list[dict[str, object]]) -> str:
-    rows = [("bug", "config", "kvmffi", "selftests", "build s", "run s")]
+    fuzz = any("fuzz" in b for b in bugs)
+    rows = [("bug", "config", "kvmffi", "selftests", *(("fuzz",) if fuzz else ()), "build s", "run s")]
     for b in bugs:
         if not b["reachable"]:
-            rows.append((str(b["id"]), "-", "unreachable", "unreachable", "-", "-"))
+            rows.append((str(b["id"]), "-", "unreachable", "unreachable", *(("-",) if fuzz else ()), "-", "-"))
             continue
         k, s = b["kvmffi"], b["selftests"]
         assert isinstance(k, dict) and isinstance(s, dict)
         kv = ("caught: " + ", ".join(t.split("::")[-1] for t in k["tests"])) if k["caught"] else str(b["verdict"])
         sv = ("caught: " + ", ".join(s["tests"])) if s["caught"] else ("missed" if s.get("ran") else "not run")
-        rows.append((str(b["id"]), str(b["config"]), kv, sv, str(b["build_s"]), str(b["run_s"])))
+        fz = b.get("fuzz")
+        fv = (("caught: " + ", ".join(fz["findings"])) if fz["caught"] else "missed") if isinstance(fz, dict) else "-"
+        rows.append((str(b["id"]), str(b["config"]), kv, sv, *((fv,) if fuzz else ()), str(b["build_s"]),
+                     str(b["run_s"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
@@ -134,6 +162,8 @@ def main() -> int:
     ap.add_argument("--version", default="7.3", help="Debian kernel source the patches are for (default 7.3)")
     ap.add_argument("--no-selftests", action="store_true", help="leave the selftests column out")
     ap.add_argument("--logs", default="/tmp/kvmffi-historic-bugs", help="fixcheck logs per bug")
+    ap.add_argument("--fuzz", type=int, default=0, metavar="N",
+                    help="also a fuzz column: `kvmffi fuzz --examples N --seed 7` in both kernels of each bug")
     a = ap.parse_args()
     bugs = load()
     if a.only:
@@ -153,6 +183,7 @@ def main() -> int:
         except Exception as e:
             say(f"selftests column left out: {e}")
     base: dict[tuple[bool, str], set[str]] = {}
+    base_fuzz: dict[tuple[bool, str], set[str]] = {}
     out: list[dict[str, object]] = []
     for i, bug in enumerate(bugs, 1):
         if not bug.reachable:
@@ -162,7 +193,7 @@ def main() -> int:
                         "build_s": 0, "run_s": 0})
             continue
         say(f"[{i}/{len(bugs)}] {bug.id} ({bug.fix}: {bug.subject})")
-        entry = run_bug(bug, a.version, selftests, base, logs)
+        entry = run_bug(bug, a.version, selftests, base, logs, a.fuzz, base_fuzz)
         say(f"[{i}/{len(bugs)}] {bug.id}: kvmffi {entry['verdict']}; selftests "
             f"{'caught' if entry['selftests']['caught'] else 'missed'} in {entry['total_s']} s")  # type: ignore[index]
         out.append(entry)

@@ -276,7 +276,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "kvmffi", "fuzz", "--examples", str(args.examples), "--steps", str(args.steps),
                "--vm-type", args.vm_type] + (["--seed", str(args.seed)] if args.seed is not None else [])
         try:
-            r = boot(kernel, cmd, timeout=args.timeout, echo=lambda line: print(line, flush=True))
+            r = boot(kernel, cmd, timeout=args.timeout, extra_append=args.kernel_args,
+                     echo=lambda line: print(line, flush=True))
         except BootError as e:
             print(f"kvmffi fuzz: {e}", file=sys.stderr)
             return 125
@@ -354,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     fz.add_argument("--seed", type=int, default=None, help="hypothesis seed, for a reproducible run")
     fz.add_argument("--vm-type", default="DEFAULT", help="DEFAULT (default) or SW_PROTECTED")
     fz.add_argument("--timeout", type=float, default=3600.0, help="seconds in the test kernel")
+    fz.add_argument("--kernel-args", default="", metavar="ARGS", help="the test kernel's command line additions")
     fz.add_argument("-q", "--quiet", action="store_true")
     fz.set_defaults(fn=cmd_fuzz)
 
