@@ -19,6 +19,8 @@ CDEF = r"""
     void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset);
     int munmap(void *addr, size_t length);
     int fstatfs(int fd, void *buf);
+    int mlock(const void *addr, size_t len);
+    int munlock(const void *addr, size_t len);
     struct iovec { void *iov_base; size_t iov_len; };
     ssize_t process_vm_readv(int pid, const struct iovec *local_iov, unsigned long liovcnt,
                              const struct iovec *remote_iov, unsigned long riovcnt, unsigned long flags);
@@ -57,6 +59,13 @@ def fstatfs_type(fd: int) -> tuple[int, int]:
     if _c.fstatfs(fd, buf) < 0:
         return 0, ffi.errno
     return int.from_bytes(ffi.buffer(buf, 8)[:], "little"), 0
+
+
+def mlock(addr: int, length: int, lock: bool = True) -> int:
+    """mlock(2) (or munlock(2)) of [addr, addr + length); returns 0 or the errno."""
+    p = ffi.cast("void *", addr)
+    ret = _c.mlock(p, length) if lock else _c.munlock(p, length)
+    return ffi.errno if ret < 0 else 0
 
 
 def die_with_parent() -> None:

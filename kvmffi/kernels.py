@@ -136,6 +136,13 @@ BEHAVIOURS: dict[str, Behaviour] = {b.name: b for b in (
                 "(include/uapi/linux/magic.h GUEST_MEMFD_MAGIC; measured: 7.3)")),
         "6.19 moved guest_memfd inodes to their own pseudo filesystem"),
     Behaviour(
+        "gmem_madv_collapse",
+        "MADV_COLLAPSE on a guest_memfd mapping",
+        (Answer(22, until=NEWEST_KNOWN_NEXT, kernels="6.18-7.3: guest_memfd has no huge folios (measured: 6.18, 7.3)"),
+         Answer(0, since=NEWEST_KNOWN_NEXT, kernels="newer kernels with guest_memfd huge pages"),
+         Answer(22, since=NEWEST_KNOWN_NEXT, kernels="newer kernels without them")),
+        "mm/khugepaged.c collapses only anonymous and shmem/file THP-capable mappings"),
+    Behaviour(
         "memslot_flag_bits_3_31",
         "KVM_SET_USER_MEMORY_REGION(2) with a flag bit from 3 to 31",
         (Answer(22, until=NEWEST_KNOWN_NEXT, kernels="every kernel through 7.3, which define bits 0-2 only"),

@@ -30,6 +30,13 @@ class HostMemory(mmap.mmap):
             self._addr = _libc.buffer_address(self)
         return self._addr
 
+    def mlock(self, lock: bool = True) -> None:
+        """mlock(2) the whole mapping (``lock=False``: munlock); raises OSError with the errno."""
+        err = _libc.mlock(self.addr, len(self), lock)
+        if err:
+            raise OSError(err, f"{'mlock' if lock else 'munlock'} of {len(self):#x} bytes at {self.addr:#x}: "
+                               f"{os.strerror(err)}")
+
 
 class _Guarded:
     """Slicing and indexing through the kernel (process_vm_readv/writev): a page the host may not
