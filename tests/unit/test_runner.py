@@ -63,3 +63,12 @@ def test_tcg_runs_on_one_thread_unless_asked() -> None:
     assert choose_accel("tcg,thread=multi") == "tcg,thread=multi"
     assert choose_accel("kvm") == "kvm"
     assert choose_accel("auto") in ("kvm", TCG)
+
+
+def test_kvmffi_runs_pytest_with_its_session_machinery_on() -> None:
+    """Whatever kvmffi's commands run, the kernel-log gate watches: `--kvmffi` turns the gate, the
+    header and the leak check on for tests that use no kvmffi fixture (a user's own test that makes
+    the kernel WARN fails under `kvmffi run --kernel 7.3 ./test_x.py`)."""
+    from kvmffi.runner import pytest_args
+    assert "--kvmffi" in pytest_args(["./test_x.py"], None, "pretty", "/dev/null", None)
+    assert "--kvmffi" in pytest_args(["host"], None, "ktap", "/dev/null", None, lean=True)

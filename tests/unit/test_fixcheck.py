@@ -1,0 +1,28 @@
+"""fixcheck's verdict from the two states' runs."""
+
+from kvmffi.fixcheck import CANNOT_TELL, CATCHES, EXIT_CODES, FAILS_WITHOUT, NOT_CAUGHT, StateRun, judge
+from kvmffi.runner import TierResult
+
+
+def state(**outcomes: str) -> StateRun:
+    t = TierResult("host tier", "here")
+    t.outcomes = dict(outcomes)
+    t.totals = {k: 0 for k in ("pass", "fail", "xfail", "xpass", "skip", "error")}
+    for o in outcomes.values():
+        t.totals[{"passed": "pass", "failed": "fail", "skipped": "skip"}[o]] += 1
+    return StateRun("img", tiers=[t])
+
+
+def test_verdicts_and_exit_codes() -> None:
+    ok = state(a="passed", b="passed")
+    assert judge(ok, state(a="passed", b="failed"))[0] == CATCHES
+    assert judge(ok, ok)[0] == NOT_CAUGHT
+    assert judge(state(a="failed"), state(a="failed"))[0] == FAILS_WITHOUT
+    assert judge(ok, StateRun(error="build failed: make bzImage"))[0] == CANNOT_TELL
+    assert judge(state(a="skipped"), state(a="skipped"))[0] == CANNOT_TELL
+    assert EXIT_CODES == {CATCHES: 0, NOT_CAUGHT: 1, FAILS_WITHOUT: 2, CANNOT_TELL: 125}
+
+
+def test_the_catching_tests_are_named() -> None:
+    why = judge(state(a="passed", b="passed"), state(a="passed", b="failed"))[1]
+    assert "1 test(s) fail with the bug" in why and "b" in why
