@@ -281,6 +281,11 @@ def build_machine(vm_type: VmType, log: KernelLog | None, reported: frozenset[st
                 keep = self.tvm.low  # valid host memory for the slot's shared half
                 hva = keep.addr if keep is not None else 0
                 size = min(size, len(keep) if keep is not None else 0)
+            self._set_memslot(slot, gpa, size, hva, flags, g, offset, keep, in_place)
+
+        def _set_memslot(self, slot: int, gpa: int, size: int, hva: int, flags: int, g: GuestMemfd | None,
+                         offset: int, keep: Any, in_place: bool) -> None:
+            """KVM_SET_USER_MEMORY_REGION2, checked against the model's prediction; the model follows."""
             gn = self._name(g, "g") if g is not None else "None"
             line = (f"vm.set_user_memory_region2({slot}, {gpa:#x}, {size:#x}, {hva:#x}, {flags:#x}, {gn}, "
                     f"{offset:#x})")
@@ -303,6 +308,31 @@ def build_machine(vm_type: VmType, log: KernelLog | None, reported: frozenset[st
                     self.slots[slot] = Slot(gpa, size, gm, offset, keep, in_place and gm is not None, flags, hva)
                 else:
                     self.slots.pop(slot, None)
+
+        @precondition(lambda self: bool(self.slots))
+        @rule(data=st.data(), flip=st.sampled_from([int(MemslotFlag.GUEST_MEMFD), int(MemslotFlag.READONLY),
+                                                    int(MemslotFlag.LOG_DIRTY_PAGES), 0]),
+              move=st.sampled_from([0, 0, PAGE, GPA_SPAN]))
+        def change_slot(self, data: Any, flip: int, move: int) -> None:
+            """A live slot set again with the same size and userspace_addr, a flag flipped and/or moved:
+            the changes KVM allows (dirty logging, moving a plain slot) and those it refuses."""
+            n = data.draw(st.sampled_from(sorted(self.slots)))
+            cur = self.slots[n]
+            flags = cur.flags ^ flip
+            g = cur.gmem if cur.gmem is not None and not cur.gmem.closed else None
+            self._set_memslot(n, cur.gpa + move, cur.size, cur.hva, flags, g, cur.offset, cur.keep, cur.in_place)
+
+        @precondition(lambda self: any(s.gmem is not None and not s.gmem.closed for s in self.slots.values()))
+        @rule(data=st.data(), slot=st.integers(min_value=1, max_value=8), shift=st.sampled_from([0, PAGE, -PAGE]))
+        def bind_range_again(self, data: Any, slot: int, shift: int) -> None:
+            """A guest_memfd range another slot binds (or one page off it), bound again at a GPA no slot
+            uses: refused, with EINVAL before 7.2 and EEXIST from it; a range beside it may succeed."""
+            bound = sorted(n for n, s in self.slots.items() if s.gmem is not None and not s.gmem.closed)
+            cur = self.slots[data.draw(st.sampled_from(bound))]
+            offset = max(cur.offset + shift, 0)
+            gpa = GPA_BASE + GPA_SPAN + (slot << 24)   # above every GPA the other rules use
+            self._set_memslot(slot, gpa, cur.size, cur.hva, int(MemslotFlag.GUEST_MEMFD),
+                              cur.gmem, offset, cur.keep, False)
 
         def _expect_memslot(self, slot: int, gpa: int, size: int, flags: int, hva: int, g: GuestMemfd | None,
                             offset: int) -> fm.Expect | None:
@@ -470,8 +500,9 @@ def _kind(e: BaseException) -> str:
 def fuzz(*, examples: int = 200, seed: int | None = None, vm_type: VmType = VmType.DEFAULT,
          steps: int = 40) -> FuzzResult:
     """Run ``examples`` random sequences of up to ``steps`` calls each and report every distinct
-    finding: after each one (shrunk for at most SHRINK_SECONDS) the run goes on with the sequences
-    left, that kind counted rather than raised, up to MAX_FINDINGS kinds."""
+    finding: after each one (shrunk for at most SHRINK_SECONDS) a new round of ``examples``
+    sequences starts, the kinds found so far counted rather than raised, until a round finds
+    nothing new or MAX_FINDINGS kinds are found."""
     from hypothesis import HealthCheck, settings
     from hypothesis import seed as hseed
     from hypothesis.stateful import run_state_machine_as_test
@@ -494,14 +525,13 @@ def fuzz(*, examples: int = 200, seed: int | None = None, vm_type: VmType = VmTy
     findings: list[Finding] = []
     kinds: set[str] = set()
     try:
-        for round_ in range(MAX_FINDINGS * 2):
-            left = examples - STATS.examples
-            if left <= 0 or len(findings) >= MAX_FINDINGS:
+        for round_ in range(MAX_FINDINGS * 2):   # each round: the full budget, the kinds found so far counted
+            if len(findings) >= MAX_FINDINGS:
                 break
             machine = build_machine(vm_type, log, frozenset(kinds))
             if seed is not None:
                 machine = hseed(seed + round_)(machine)
-            cfg = settings(max_examples=left, stateful_step_count=steps, deadline=None, database=None,
+            cfg = settings(max_examples=examples, stateful_step_count=steps, deadline=None, database=None,
                            suppress_health_check=list(HealthCheck), print_blob=False)
             try:
                 run_state_machine_as_test(machine, settings=cfg)
