@@ -492,18 +492,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     """On a failure, attach the tail of the kernel log: a WARN or an oops is often the real story."""
     outcome = yield
     rep = outcome.get_result()
-    if not _st().active:
-        return
-    if call.when in ("call", "teardown") or (call.when == "setup" and rep.failed):
-        _gate_report(item, rep)
     from .errors import KvmError, MissingCapability
-    from .hints import security_module_refusal
-    exc_ = call.excinfo.value if rep.failed and call.excinfo is not None else None
-    refusal = security_module_refusal(exc_.ioctl, exc_.errno or 0) if isinstance(exc_, KvmError) else None
-    if refusal and not hasattr(rep, "wasxfail"):  # the environment: a skip even in strict mode
-        rep.outcome = "skipped"
-        rep.longrepr = (str(item.path), (item.location[1] or 0) + 1, f"Skipped: {refusal}")
-        return
+    # a requirement not met (kvmffi.requirements) is a skip or a strict failure in any session
     if rep.failed and call.excinfo is not None and isinstance(call.excinfo.value, MissingCapability) \
             and not hasattr(rep, "wasxfail"):
         exc = call.excinfo.value
@@ -513,6 +503,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         else:
             rep.outcome = "skipped"
             rep.longrepr = (str(item.path), (item.location[1] or 0) + 1, f"Skipped: {msg}")
+        return
+    if not _st().active:
+        return
+    if call.when in ("call", "teardown") or (call.when == "setup" and rep.failed):
+        _gate_report(item, rep)
+    from .hints import security_module_refusal
+    exc_ = call.excinfo.value if rep.failed and call.excinfo is not None else None
+    refusal = security_module_refusal(exc_.ioctl, exc_.errno or 0) if isinstance(exc_, KvmError) else None
+    if refusal and not hasattr(rep, "wasxfail"):  # the environment: a skip even in strict mode
+        rep.outcome = "skipped"
+        rep.longrepr = (str(item.path), (item.location[1] or 0) + 1, f"Skipped: {refusal}")
         return
     if rep.failed and call.when in ("setup", "call"):
         rep.sections.append(("kernel log (last 20 lines of dmesg)", _kernel_log_tail()))
