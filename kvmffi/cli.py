@@ -107,8 +107,11 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     args.format = "pretty"
     args.junit_xml = None
     try:
+        if args.selftests:
+            args.selection = [f"selftests/{n}" for n in args.selftests]
         if not args.selection and not args.k:
-            print("kvmffi bisect: name what to test (a path and/or -k EXPR): 125", file=sys.stderr)
+            print("kvmffi bisect: name what to test (a path and/or -k EXPR, or --selftests NAME...): 125",
+                  file=sys.stderr)
             return BISECT_SKIP
         results = _run_tiers(args, strict=False)
         verdict, why = bisect_verdict(results[0] if results else None)
@@ -215,7 +218,8 @@ def cmd_selftests(args: argparse.Namespace) -> int:
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("selection", nargs="*", help="tiers (host, private, host/test_vm.py, ...) and/or your own pytest "
+    p.add_argument("selection", nargs="*", help="tiers (host, private, selftests, host/test_vm.py, selftests/NAME, ...) "
+                   "and/or your own pytest "
                    "paths and node ids (default: every tier this host can run)")
     p.add_argument("-k", default=None, metavar="EXPR", help="pytest -k expression")
     g = p.add_mutually_exclusive_group()
@@ -242,6 +246,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             wanted = args.kernels.split(",")
             configs = [c for c in configs if c.kernel in wanted] + [
                 mx.parse_config(k) for k in wanted if not any(c.kernel == k for c in configs)]
+        if args.tiers:
+            configs = mx.with_tiers(configs, args.tiers.split(","))
         configs = mx.shard(configs, args.shard)
     except ValueError as e:
         print(f"kvmffi matrix: {e}", file=sys.stderr)
@@ -339,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--kernels", help="only configurations on these kernels, e.g. 6.12,7.3,host")
     mt.add_argument("--configs", help="configurations by name (host, 6.12, 7.3, 7.3-numa2, 7.3-tdp-mmu-off, "
                     "7.3-shadow-mmu) or as KERNEL[+numaN][+PARAM=VALUE...], e.g. 7.3+numa2,7.3+kvm.enable_pmu=0")
+    mt.add_argument("--tiers", help="tiers for every configuration: host, private, selftests (the kernel's own "
+                    "KVM selftests from the test kernel's source; default: host and private)")
     mt.add_argument("--format", choices=["pretty", "ktap", "json"], default="pretty")
     mt.add_argument("--json", action="store_true", help="same as --format json")
     mt.add_argument("-j", "--jobs", type=int, default=1, help="configurations at once (QEMU instances)")
@@ -387,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bisect", help="for `git bisect run`: 0 good, 1 bad, 125 cannot test")
     _add_run_args(b)
+    b.add_argument("--selftests", nargs="+", metavar="NAME", help="bisect with the kernel's own KVM selftests "
+                   "(built from the tree), e.g. --selftests pre_fault_memory_test")
     b.set_defaults(fn=cmd_bisect)
 
     fc = sub.add_parser("fixcheck", help="does a test catch a bug? build a tree with and without it, run, compare "

@@ -44,7 +44,7 @@ DEFAULT_CONFIGS = (
            note="private tier not run: with the shadow MMU (kvm_amd.npt=0) KVM offers no KVM_X86_SW_PROTECTED_VM, "
                 "which needs the TDP MMU"),
 )
-TIER_PATHS = {"host": "host", "private": "private"}
+TIERS = ("host", "private", "selftests")     # selftests: the kernel's own, built from the kernel's source
 
 
 def parse_config(spec: str) -> Config:
@@ -125,6 +125,20 @@ def _fit_to_host(c: Config) -> Config:
                         f"{h.vm_types_mask:#x}); it runs in the test kernels")
 
 
+def with_tiers(configs: list[Config], tiers: list[str]) -> list[Config]:
+    """The configurations with these tiers (host, private, selftests): a tier a configuration leaves out
+    by design (its note says why) stays out; this host runs no selftests (they need a test kernel)."""
+    bad = [t for t in tiers if t not in TIERS]
+    if bad or not tiers:
+        raise ValueError(f"--tiers {','.join(tiers)}: choose from {', '.join(TIERS)}")
+    out = []
+    for c in configs:
+        keep = tuple(t for t in tiers if (t != "private" or "private" in c.tiers) and
+                     (t != "selftests" or c.kernel != "host"))
+        out.append(replace(c, tiers=keep))
+    return [c for c in out if c.tiers]
+
+
 def run_matrix(configs: list[Config], *, selection: list[str] | None = None, keyword: str | None = None,
                strict: bool = False, jobs: int = 1, resolve: Callable[[str], str | None],
                progress: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
@@ -144,7 +158,7 @@ def run_matrix(configs: list[Config], *, selection: list[str] | None = None, key
 
     def one(r: ConfigResult) -> None:
         c = r.config
-        sels = [[s] for s in selection] if selection else [[TIER_PATHS[t]] for t in c.tiers]
+        sels = [[s] for s in selection] if selection else [[t] for t in c.tiers]
         log = open(os.path.join(log_dir, f"{c.name}.log"), "w") if log_dir else None
         try:
             for sel in sels:
@@ -199,14 +213,21 @@ def only_in_some(results: list[ConfigResult]) -> int:
 
 
 def format_table(results: list[ConfigResult]) -> str:
-    head = f"{'configuration':<18} {'kernel':<22} {'args / NUMA':<30} pass  fail  skip xfail xpass error"
+    selftests = any(tr.name.endswith(" selftests") for r in results for tr in r.tiers)
+    head = (f"{'configuration':<18} {'kernel':<22} {'args / NUMA':<30} pass  fail  skip xfail xpass error"
+            + ("  selftests" if selftests else ""))
     lines = [head, "-" * len(head)]
     for r in results:
         c, t = r.config, r.totals
         shape = " ".join(x for x in (c.kernel_args, f"numa={c.numa}" if c.numa > 1 else "") if x) or "-"
         kernel = os.uname().release if c.kernel == "host" else (r.kernel_release or c.kernel)
+        st = next((tr for tr in r.tiers if tr.name.endswith(" selftests")), None)
+        col = "" if not selftests else "  " + (
+            "-" if st is None else "could not run" if st.infra_error or not st.totals else
+            f"{st.totals['pass']}/{sum(st.totals.values())} pass" + (f", {st.totals['fail']} FAIL" if st.totals['fail']
+                                                                      else ""))
         lines.append(f"{c.name:<18} {kernel[:22]:<22} {shape[:30]:<30} {t['pass']:>4} {t['fail']:>5} {t['skip']:>5} "
-                     f"{t['xfail']:>5} {t['xpass']:>5} {t['error']:>5}")
+                     f"{t['xfail']:>5} {t['xpass']:>5} {t['error']:>5}{col}")
     notes = [f"  {r.config.name}: {r.config.note}" for r in results if r.config.note]
     errors = [f"  {r.config.name}: {t.infra_error.splitlines()[0]}" for r in results for t in r.tiers if t.infra_error]
     diff = differences(results)

@@ -132,7 +132,10 @@ def run_tier(name: str, selection: list[str], *, keyword: str | None = None, fmt
              echo: Callable[[str], None] = print, timeout: float = 1800.0, cpus: int = 2,
              numa: int = 0, extra_env: dict[str, str] | None = None, kernel_args: str = "") -> TierResult:
     """Run pytest over ``selection`` (tier names or paths) here (kernel None) or inside ``kernel`` under QEMU,
-    from the current directory (the test kernel sees the host's files)."""
+    from the current directory (the test kernel sees the host's files). The ``selftests`` tier runs
+    the kernel's own KVM selftests instead (see run_selftests_tier)."""
+    if is_selftests(selection):
+        return run_selftests_tier(name, selection, kernel=kernel, echo=echo, numa=numa, kernel_args=kernel_args)
     root = os.getcwd()
     env = dict(os.environ, **(extra_env or {}))
     if strict:
@@ -182,6 +185,59 @@ def run_tier(name: str, selection: list[str], *, keyword: str | None = None, fmt
     return res
 
 
+def is_selftests(selection: list[str]) -> bool:
+    from .suites import SELFTESTS_TIER
+    return bool(selection) and all(s == SELFTESTS_TIER or s.startswith(SELFTESTS_TIER + "/") for s in selection)
+
+
+def run_selftests_tier(name: str, selection: list[str], *, kernel: str | None, echo: Callable[[str], None] = print,
+                       numa: int = 0, kernel_args: str = "", timeout: float = 120.0) -> TierResult:
+    """The kernel's own KVM selftests as a tier: built from the source ``kernel`` (a cached image) was
+    built from, run inside it, one outcome per selftest (a timeout is a failure), KTAP lines echoed."""
+    from .selftests import GUEST_MEMFD_SELFTESTS, build_selftests, run_selftests
+    from .testkernel import BootError
+    from .testkernel.build import image_tree
+    res = TierResult(name, f"test kernel {kernel}")
+    if kernel is None:
+        res.infra_error = "the selftests tier runs in a test kernel: give --kernel VERSION or --tree DIR"
+        return res
+    tree = image_tree(kernel)
+    if tree is None:
+        res.infra_error = (f"no source tree is recorded for {kernel}: build it with `kvmffi kernel build` "
+                           "(--version or --source) so its selftests can be built")
+        return res
+    names = [s.split("/", 1)[1] for s in selection if "/" in s] or list(GUEST_MEMFD_SELFTESTS)
+    try:
+        binaries = build_selftests(tree, names)
+        results = run_selftests(kernel, binaries, timeout=timeout, kernel_args=kernel_args, numa=numa)
+    except (BootError, RuntimeError) as e:
+        res.infra_error = str(e)
+        return res
+    res.totals = {k: 0 for k in ("pass", "fail", "xfail", "xpass", "skip", "error")}
+    echo("KTAP version 1")
+    echo(f"1..{len(results)}")
+    for i, r in enumerate(results, 1):
+        key = f"selftests/{r.name}"
+        outcome = {"pass": "passed", "skip": "skipped"}.get(r.outcome, "failed")
+        res.outcomes[key] = outcome
+        res.totals[{"passed": "pass", "skipped": "skip"}.get(outcome, "fail")] += 1
+        if outcome == "failed":
+            res.fail_names.append(key)
+        elif outcome == "skipped":
+            res.skip_reasons.append(r.detail.splitlines()[0] if r.detail else "skipped")
+        for line in r.subtests:
+            echo(f"    {line}")
+        echo(("not ok" if outcome == "failed" else "ok") + f" {i} {key}"
+             + (f" # SKIP {r.detail.splitlines()[0]}" if outcome == "skipped" and r.detail else ""))
+        if outcome == "failed":
+            for line in (f"{r.outcome}: " + r.detail).splitlines():
+                echo(f"# {line}")
+    t = res.totals
+    echo(f"# Totals: pass:{t['pass']} fail:{t['fail']} xfail:0 xpass:0 skip:{t['skip']} error:0")
+    res.pytest_rc = 1 if t["fail"] else 0
+    return res
+
+
 @dataclass
 class Tier:
     name: str                 # "host tier", "private tier", "selection", ...
@@ -215,7 +271,8 @@ def plan_tiers(selection: list[str], *, kernel: str | None = None, tree: str | N
     if soak:
         return [Tier("soak", selection or ["private/test_soak.py"], image)], []
     if selection:
-        named = all(s.split("/")[0] in TIERS for s in selection)
+        from .suites import SELFTESTS_TIER
+        named = all(s.split("/")[0] in TIERS or s.split("/")[0] == SELFTESTS_TIER for s in selection)
         return [Tier(f"{selection[0]} tier" if named and len(selection) == 1 else "selection", selection, image)], []
     if image:
         return [Tier("host tier", ["host"], image), Tier("private tier", ["private"], image)], []

@@ -11,6 +11,9 @@ from pathlib import Path
 SUITES_DIR = Path(__file__).resolve().parent
 
 TIERS = {"host": SUITES_DIR / "host", "private": SUITES_DIR / "private"}
+# not a pytest tier: the kernel's own KVM selftests, built from the test kernel's source (kvmffi.selftests);
+# "selftests" runs the guest_memfd-related ones, "selftests/NAME" one of them
+SELFTESTS_TIER = "selftests"
 
 
 def resolve(selection: list[str]) -> list[str]:

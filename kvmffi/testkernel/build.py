@@ -101,6 +101,16 @@ def _link(link: Path, image: Path) -> None:
     tmp.replace(link)
 
 
+def image_tree(image: Path | str) -> Path | None:
+    """The source tree a cached image was built from (its selftests come from there), if recorded."""
+    f = Path(image).resolve().parent / "tree"
+    try:
+        tree = Path(f.read_text().strip())
+    except OSError:
+        return None
+    return tree if tree.is_dir() else None
+
+
 def headers_dir(image: Path) -> Path:
     """The exported uAPI headers (``make headers_install``) kept beside a Debian-version image."""
     return image.resolve().parent / "headers" / "include"
@@ -141,6 +151,8 @@ def build_kernel(source: Path | None = None, *, version: str | None = None, base
     image = img_dir / "bzImage"
     if image.exists():
         progress.note(f"cached kernel {image} ({identity})")
+        if not (img_dir / "tree").exists():
+            (img_dir / "tree").write_text(str(src) + "\n")
         if debian is not None:
             _install_headers(src, img_dir, progress)
             _link(version_link(debian.version, debug), image)
@@ -178,6 +190,7 @@ def build_kernel(source: Path | None = None, *, version: str | None = None, base
     shutil.copy(built, img_dir / "bzImage.tmp")
     shutil.copy(out / ".config", img_dir / "config")
     (img_dir / "source").write_text(identity + "\n")
+    (img_dir / "tree").write_text(str(src) + "\n")  # where its selftests come from
     (img_dir / "bzImage.tmp").replace(image)
     if debian is not None:
         _install_headers(src, img_dir, progress)

@@ -60,3 +60,16 @@ def test_differences_and_reports() -> None:
     assert ktap.startswith("KTAP version 1\n1..2") and "    ok 2 t2 # SKIP" in ktap and ktap.endswith("ok 2 b")
     assert exit_code([a, b]) == 0
     assert exit_code([a, _result("c", {"t1": "failed"})]) == 1
+
+
+def test_with_tiers_keeps_what_a_configuration_leaves_out_by_design() -> None:
+    from kvmffi.matrix import with_tiers
+    cs = with_tiers(list(DEFAULT_CONFIGS), ["host", "private", "selftests"])
+    by = {c.name: c.tiers for c in cs}
+    assert by["host"] == ("host", "private")                  # this host runs no selftests
+    assert by["7.3"] == ("host", "private", "selftests")
+    assert by["7.3-shadow-mmu"] == ("host", "selftests")      # no private tier without the TDP MMU
+    assert [c.name for c in with_tiers(list(DEFAULT_CONFIGS), ["selftests"])] == [
+        "6.12", "7.3", "7.3-numa2", "7.3-tdp-mmu-off", "7.3-shadow-mmu"]
+    with pytest.raises(ValueError, match="choose from host, private, selftests"):
+        with_tiers(list(DEFAULT_CONFIGS), ["bogus"])
