@@ -51,6 +51,13 @@ def cmd_vm(args: argparse.Namespace) -> int:
     if not cmd:
         print("kvmffi vm: give a command to run inside, e.g. `kvmffi vm -- kvmffi caps`", file=sys.stderr)
         return 2
+    from .testkernel.qemu import memory_mib, numa_args
+    try:
+        memory_mib(args.memory)
+        numa_args(args.numa, args.cpus, args.memory)
+    except BootError as e:
+        print(f"kvmffi vm: --memory/--numa: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
     try:
         kernel = resolve_kernel(args.kernel, args.quiet)
     except Exception as e:

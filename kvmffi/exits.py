@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .uapi import ExitReason, IoDirection, MemoryFaultFlag
+from .uapi import ExitReason, IoDirection, MemoryFaultFlag, SystemEventType
 
 
 class RunWriter(Protocol):
@@ -137,12 +137,22 @@ class InternalErrorExit(Exit):
 
 @dataclass(frozen=True, slots=True)
 class SystemEventExit(Exit):
+    """KVM_EXIT_SYSTEM_EVENT: ``type`` (KVM_SYSTEM_EVENT_*) and run->system_event.data[:ndata]."""
+
     type: int
     data: tuple[int, ...]
 
     @property
     def reason(self) -> ExitReason:
         return ExitReason.SYSTEM_EVENT
+
+    @property
+    def event(self) -> SystemEventType | int:
+        """The type as a SystemEventType where kvmffi knows it, else the number."""
+        try:
+            return SystemEventType(self.type)
+        except ValueError:
+            return self.type
 
 
 @dataclass(frozen=True, slots=True)

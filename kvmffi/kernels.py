@@ -20,8 +20,7 @@ import re
 from dataclasses import dataclass
 
 Version = tuple[int, int]
-NEWEST_KNOWN = (7, 3)            # the newest kernel whose answers are recorded here
-NEWEST_KNOWN_NEXT = (7, 4)
+NEWEST_KNOWN_NEXT = (7, 4)       # the first kernel after the newest whose answers are recorded here (7.3)
 VENDOR_MODULES = ("kvm_pvm", "kvm_amd", "kvm_intel")
 
 

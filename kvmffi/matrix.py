@@ -53,6 +53,11 @@ def parse_config(spec: str) -> Config:
         if c.name == spec:
             return c
     parts = spec.split("+")
+    kernel = parts[0]
+    if not (kernel == "host" or re.fullmatch(r"(\d+\.\d+|newest)(-debug)?", kernel) or os.path.exists(kernel)):
+        raise ValueError(f"configuration {spec!r}: {kernel!r} is neither a known configuration ("
+                         + ", ".join(c.name for c in DEFAULT_CONFIGS) + "), nor host, a version (7.3, 7.3-debug, "
+                         "newest) or a bzImage path; build your own as KERNEL[+numaN][+PARAM=VALUE...]")
     numa, args = 0, []
     for p in parts[1:]:
         m = re.fullmatch(r"numa(\d+)", p)

@@ -12,10 +12,6 @@ from .uapi import Cap, HypercallNr, MemoryAttribute, VmType
 
 _cache: dict[str, Any] = {}
 
-HYPERCALL_QUIRK = ("hypercall exits are not delivered on this host: vmcall/vmmcall never leave "
-                   "KVM_RUN (the vCPU spins) even with KVM_CAP_EXIT_HYPERCALL enabled; run hypercall "
-                   "tests in the test kernel (`kvmffi run private`) or on bare metal")
-
 
 @dataclass
 class HypercallRun:

@@ -110,7 +110,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kernel_splat(*kinds): the test expects kernel splats of these kinds "
                             "(WARNING, BUG, KASAN, ...; none given: any); the kernel-log gate lets them pass")
     config.addinivalue_line("markers", "needs_gmem_flags(flags): parametrize vm_type only over the types whose "
-                            "KVM_CAP_GUEST_MEMFD_FLAGS include these flags")
+                            "KVM_CAP_GUEST_MEMFD_FLAGS include these flags, and skip (strict: fail) where none does")
     config.addinivalue_line("markers", "kernel_bug(name): a known kernel bug (kvmffi.kernels.KNOWN_BUGS): an "
                             "expected failure on the kernels that have it, a normal test on the others")
     config.addinivalue_line("markers", "any_vm_type: parametrize vm_type over every creatable type, "
@@ -347,6 +347,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         elif not vc.private:
             skip_missing(missing_cap_reason(Cap.MEMORY_ATTRIBUTES, vc.memory_attributes, f"a {vc.vm_type} VM",
                                             "KVM_MEMORY_ATTRIBUTE_PRIVATE (0x8)"))
+    nf = item.get_closest_marker("needs_gmem_flags")
+    if nf is not None:  # the marker skips by itself: asked on a VM of the test's type (KVM answers per VM)
+        callspec = getattr(item, "callspec", None)
+        t = callspec.params.get("vm_type", VmType.DEFAULT) if callspec else VmType.DEFAULT
+        vc = host_caps().vm_type(t)
+        if vc is not None and vc.creatable:
+            from .hints import require_gmem_flags
+            with Kvm(_st().kvm_path) as k, k.create_vm(t) as v:
+                require_gmem_flags(v, int(nf.args[0]))
     for m in item.iter_markers("requires_cap"):
         cap = Cap(m.args[0])
         need = int(m.kwargs.get("min", 1))

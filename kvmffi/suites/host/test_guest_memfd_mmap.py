@@ -10,7 +10,6 @@ import pytest
 
 from kvmffi import PAGE_SIZE, GuestMemfdFlag, KvmError
 from kvmffi.errors import HostMemoryFault
-from kvmffi.hints import require_gmem_flags
 from kvmffi.kernels import behaviour
 from kvmffi.requirements import skip_missing
 from kvmffi.testing import expect_answer
@@ -21,7 +20,6 @@ MMAP = GuestMemfdFlag.MMAP
 SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED
 
 
-need_flags = require_gmem_flags
 
 
 def need_guard() -> None:
@@ -43,7 +41,6 @@ def test_mmap_without_mmap_flag_fails(vm, gmem_factory) -> None:
 @pytest.mark.needs_gmem_flags(MMAP)
 def test_map_private_fails(vm, gmem_factory) -> None:
     """guest_memfd has no copy-on-write: MAP_PRIVATE is EINVAL, for every advertised flag set with MMAP."""
-    need_flags(vm, MMAP)
     have = vm.guest_memfd_flags()
     for flags in (MMAP, SHARED):
         if flags & have != flags:
@@ -57,7 +54,6 @@ def test_map_private_fails(vm, gmem_factory) -> None:
 @pytest.mark.needs_gmem_flags(SHARED)
 def test_init_shared_write_read_punch(vm, gmem_factory) -> None:
     """Write/read back the whole mapping; PUNCH_HOLE of page 0 reads back zeros, the rest intact."""
-    need_flags(vm, SHARED)
     g = gmem_factory(vm, SIZE, SHARED)
     with g.mmap() as m:
         pattern = bytes((i * 7 + 3) & 0xFF for i in range(SIZE))
@@ -72,7 +68,6 @@ def test_init_shared_write_read_punch(vm, gmem_factory) -> None:
 
 @pytest.mark.needs_gmem_flags(SHARED)
 def test_data_survives_unmap_and_remap(vm, gmem_factory) -> None:
-    need_flags(vm, SHARED)
     g = gmem_factory(vm, SIZE, SHARED)
     with g.mmap() as m:
         m[100:104] = b"kvm!"
@@ -86,7 +81,6 @@ def test_data_survives_unmap_and_remap(vm, gmem_factory) -> None:
 @pytest.mark.parametrize("write", [False, True], ids=["read", "write"])
 def test_mmap_without_init_shared_sigbus(vm, gmem_factory, write: bool) -> None:
     """MMAP without INIT_SHARED: memory starts private, so any host access is SIGBUS."""
-    need_flags(vm, MMAP)
     g = gmem_factory(vm, SIZE, MMAP)
     with g.mmap() as m:
         for off in (0, SIZE - 1):
@@ -99,7 +93,6 @@ def test_mmap_without_init_shared_sigbus(vm, gmem_factory, write: bool) -> None:
 def test_access_past_eof_sigbus(vm, gmem_factory, write: bool) -> None:
     """A mapping longer than the file: below EOF works, reads and writes at and after EOF are SIGBUS,
     and the file's bytes are untouched (guest_memfd_test's test_fault_overflow)."""
-    need_flags(vm, SHARED)
     g = gmem_factory(vm, SIZE, SHARED)
     with g.mmap(4 * SIZE) as m:
         m[:SIZE] = b"\xaa" * SIZE
@@ -117,7 +110,6 @@ MADV_COLLAPSE = 25
 def test_madvise(vm, gmem_factory) -> None:
     """MADV_HUGEPAGE succeeds, MADV_COLLAPSE answers as kernels.py records ("gmem_madv_collapse":
     EINVAL through 7.3), MADV_DONTNEED keeps the data (file-backed)."""
-    need_flags(vm, SHARED)
     g = gmem_factory(vm, SIZE, SHARED)
     with g.mmap() as m:
         m[:4] = b"abcd"
@@ -133,7 +125,6 @@ def test_collapse_then_mlock_keeps_the_data(vm, gmem_factory) -> None:
     kernels whose guest_memfd has no huge folios, through 7.3), then mlock of the whole mapping:
     mlock succeeds, every page keeps its byte, and the kernel logs nothing (the gate; a WARN in the
     fault path was reported on 6.19-rc8 for this sequence)."""
-    need_flags(vm, SHARED)
     g = gmem_factory(vm, SIZE, SHARED)
     with g.mmap() as m:
         m.madvise(mmap.MADV_HUGEPAGE)
@@ -164,7 +155,6 @@ def test_numa_mbind_round_trip(vm, gmem_factory, policy: str) -> None:
     nodes = _numa_nodes()
     if len(nodes) < 2:
         pytest.skip(f"needs >= 2 NUMA nodes, this machine has {len(nodes)} (a topology fact, not a kernel capability)")
-    need_flags(vm, SHARED)
     from kvmffi import numa
     g = gmem_factory(vm, SIZE, SHARED)
     with g.mmap() as m:
@@ -188,7 +178,6 @@ def test_numa_policy_decides_node(vm, gmem_factory) -> None:
     nodes = _numa_nodes()
     if len(nodes) < 2:
         pytest.skip(f"needs >= 2 NUMA nodes, this machine has {len(nodes)} (a topology fact, not a kernel capability)")
-    need_flags(vm, SHARED)
     from kvmffi import numa
     g = gmem_factory(vm, SIZE, SHARED)
     half, n = SIZE // 2, SIZE // PAGE_SIZE
@@ -220,7 +209,6 @@ def test_host_access_to_private_memory_raises_instead_of_killing(vm, gmem_factor
     HostMemoryFault (EFAULT, with the offset) and the test process lives on; the same access done
     directly is SIGBUS (the test above, in a child)."""
     need_guard()
-    need_flags(vm, MMAP)
     g = gmem_factory(vm, SIZE, MMAP)
     with g.mmap() as m:
         with pytest.raises(HostMemoryFault) as ei:
@@ -236,7 +224,6 @@ def test_host_access_to_private_memory_raises_instead_of_killing(vm, gmem_factor
 def test_guarded_access_stops_at_eof(vm, gmem_factory) -> None:
     """A write straddling the end of the file lands below EOF and faults at EOF exactly."""
     need_guard()
-    need_flags(vm, SHARED)
     g = gmem_factory(vm, SIZE, SHARED)
     with g.mmap(2 * SIZE) as m:
         with pytest.raises(HostMemoryFault) as ei:

@@ -81,7 +81,7 @@ def _run_inner(name: str, source: str) -> tuple[dict[str, int], str]:
         Path(d, f"{name}.py").write_text(textwrap.dedent(source))
         env = {k: v for k, v in os.environ.items() if k != "KVMFFI_STRICT"}
         env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-        r = subprocess.run([sys.executable, "-m", "pytest", "-p", "kvmffi.pytest_plugin", "-p", "no:cacheprovider",
+        r = subprocess.run([sys.executable, "-m", "pytest", "-p", "kvmffi", "-p", "no:cacheprovider",
                             "--kvm-no-leak-check", "--kvm-log-gate=on", "-rA", f"--rootdir={d}", f"{name}.py"],
                            cwd=d, env=env, capture_output=True, text=True, timeout=600)
     out = r.stdout + r.stderr
