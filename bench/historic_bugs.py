@@ -51,6 +51,8 @@ class Bug:
     expect: list[str] = field(default_factory=list)
     reachable: bool = True
     why: str = ""
+    selection: list[str] = field(default_factory=list)   # default: every tier
+    selection_why: str = ""
 
 
 def load(path: Path = CATALOGUE) -> list[Bug]:
@@ -89,10 +91,11 @@ def run_bug(bug: Bug, version: str, selftests: dict[str, Path] | None, baseline_
             ) -> dict[str, object]:
     m = Machine(debug=bug.debug, kernel_args=bug.kernel_args)
     t0 = time.monotonic()
-    res = fixcheck(Change(patch=bug.patch), [], version=version, machine=m, log_dir=logs / bug.id)
+    res = fixcheck(Change(patch=bug.patch), list(bug.selection), version=version, machine=m, log_dir=logs / bug.id)
     entry: dict[str, object] = {
         "id": bug.id, "fix": bug.fix, "subject": bug.subject, "reachable": True,
         "config": m.describe(), "verdict": res.verdict, "why": res.why,
+        "selection": bug.selection or ["every tier"], "selection_why": bug.selection_why,
         "kvmffi": {"caught": res.verdict == CATCHES, "tests": res.caught_by, "expected": bug.expect},
         "build_s": round(res.without_bug.build_s + res.with_bug.build_s, 1),
         "run_s": round(res.without_bug.run_s + res.with_bug.run_s, 1),
