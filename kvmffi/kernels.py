@@ -278,6 +278,15 @@ class MmuMode:
         return "the TDP MMU" if self.tdp_mmu else "TDP on the legacy MMU (kvm.tdp_mmu=0)"
 
 
+def private_types_withheld(k: Kernel | None = None) -> str | None:
+    """Why KVM offers no VM type with private memory by design in the running MMU mode, or None."""
+    mode = mmu_mode(k)
+    if mode.private_vm_types_possible is not False:
+        return None
+    return (f"KVM runs guests with {mode}: it offers no VM type with private memory there "
+            "(KVM_X86_SW_PROTECTED_VM needs the TDP MMU, a1176ef5c92a); boot with kvm.tdp_mmu=1 and npt/ept on")
+
+
 def mmu_mode(k: Kernel | None = None) -> MmuMode:
     """The running KVM's MMU mode, read from /sys/module/*/parameters."""
     module = (k or running()).module

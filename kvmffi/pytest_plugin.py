@@ -332,13 +332,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         callspec = getattr(item, "callspec", None)
         t = callspec.params.get("vm_type", VmType.SW_PROTECTED) if callspec else VmType.SW_PROTECTED
         vc = host_caps().vm_type(t)
-        from .kernels import mmu_mode
-        mode = mmu_mode()
-        if (vc is None or not vc.creatable or not vc.private) and mode.private_vm_types_possible is False:
+        from .kernels import private_types_withheld
+        withheld = private_types_withheld()
+        if (vc is None or not vc.creatable or not vc.private) and withheld:
             # withheld by design: strict mode keeps it a skip (host/test_caps.py checks it is withheld)
-            pytest.skip(f"KVM runs guests with {mode}: it offers no VM type with private memory there "
-                        "(KVM_X86_SW_PROTECTED_VM needs the TDP MMU, a1176ef5c92a); boot with kvm.tdp_mmu=1 and "
-                        "npt/ept on for the private tier")
+            pytest.skip(withheld)
         if vc is None or not vc.creatable:
             h = host_caps()
             skip_missing(missing_cap_reason(Cap.VM_TYPES, h.vm_types_mask, "/dev/kvm",

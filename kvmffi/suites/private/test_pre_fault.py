@@ -24,9 +24,14 @@ PAGE = 4096
 
 
 def skip_missing_vm_type(kvm, vm_type: VmType, feature: str | None = None) -> None:
-    """Skip (fail in strict mode) naming the KVM_CAP_VM_TYPES bit this test needs."""
+    """Skip (fail in strict mode) naming the KVM_CAP_VM_TYPES bit this test needs; a private type the
+    MMU mode withholds by design (no TDP MMU) is a skip in strict mode too."""
     from kvmffi.hints import missing_cap_reason
+    from kvmffi.kernels import private_types_withheld
     from kvmffi.requirements import skip_missing
+    withheld = private_types_withheld() if vm_type == VmType.SW_PROTECTED else None
+    if withheld:
+        pytest.skip(withheld)
     skip_missing(missing_cap_reason(Cap.VM_TYPES, kvm.check_extension(Cap.VM_TYPES), "/dev/kvm",
                                     f"bit {int(vm_type)}"), feature)
 
