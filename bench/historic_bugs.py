@@ -65,6 +65,18 @@ def load(path: Path = CATALOGUE) -> list[Bug]:
     return out
 
 
+def result_key(bug: Bug, version: str, fuzz: int) -> str:
+    """What makes a bug's saved row valid: its entry and patch, the kernel source, the fuzz length and
+    kvmffi's own sources (a row from other code is run again)."""
+    import hashlib
+    from dataclasses import asdict
+
+    from kvmffi.fixcheck import _suite_hash
+    spec = json.dumps([{k: str(v) for k, v in asdict(bug).items()}, bug.patch.read_text(), version, fuzz,
+                       _suite_hash()], sort_keys=True)
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
 def say(msg: str) -> None:
     print(f"historic_bugs: {msg}", file=sys.stderr, flush=True)
 
@@ -165,6 +177,7 @@ def main() -> int:
     ap.add_argument("--version", default="7.3", help="Debian kernel source the patches are for (default 7.3)")
     ap.add_argument("--no-selftests", action="store_true", help="leave the selftests column out")
     ap.add_argument("--logs", default="/tmp/kvmffi-historic-bugs", help="fixcheck logs per bug")
+    ap.add_argument("--rerun", action="store_true", help="run bugs again even where a row for the same code is kept")
     ap.add_argument("--fuzz", type=int, default=0, metavar="N",
                     help="also a fuzz column: `kvmffi fuzz --examples N --seed 7` in both kernels of each bug")
     a = ap.parse_args()
@@ -195,8 +208,16 @@ def main() -> int:
                         "kvmffi": {"caught": False, "tests": []}, "selftests": {"caught": False, "tests": []},
                         "build_s": 0, "run_s": 0})
             continue
+        saved = logs / bug.id / f"row-{result_key(bug, a.version, a.fuzz)}.json"
+        if saved.exists() and not a.rerun:
+            entry = json.loads(saved.read_text())
+            say(f"[{i}/{len(bugs)}] {bug.id}: kept from an earlier run of the same code ({saved})")
+            out.append(entry)
+            continue
         say(f"[{i}/{len(bugs)}] {bug.id} ({bug.fix}: {bug.subject})")
         entry = run_bug(bug, a.version, selftests, base, logs, a.fuzz, base_fuzz)
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(entry))
         say(f"[{i}/{len(bugs)}] {bug.id}: kvmffi {entry['verdict']}; selftests "
             f"{'caught' if entry['selftests']['caught'] else 'missed'} in {entry['total_s']} s")  # type: ignore[index]
         out.append(entry)
