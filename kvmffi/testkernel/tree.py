@@ -60,7 +60,8 @@ class Change:
         _check(_git(tree, "rev-parse", "--verify", "--quiet", f"{self.fix}^{{commit}}"), f"finding commit {self.fix}")
         _check(_git(tree, "merge-base", "--is-ancestor", self.fix, "HEAD"),
                f"checking that {self.fix} is in HEAD's history (the tree must contain the fix)")
-        return _check(_git(tree, "diff", "--binary", f"{self.fix}^", self.fix), f"git diff {self.fix}^ {self.fix}")
+        # the fix undone: the diff from the fixed state back to the one before it
+        return _check(_git(tree, "diff", "--binary", self.fix, f"{self.fix}^"), f"git diff {self.fix} {self.fix}^")
 
 
 def require_clean_git_tree(tree: Path) -> None:
