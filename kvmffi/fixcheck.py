@@ -114,11 +114,19 @@ def _state_json(s: StateRun) -> dict[str, object]:
             "totals": [dict(t.totals, tier=t.name) for t in s.tiers]}
 
 
+# a kernel that dies or hangs while it runs the selection has answered: with the bug that is a catch
+DIED_RUNNING = ("stopped before the command finished", "timed out after", "while running the command")
+
+
 def judge(without: StateRun, with_bug: StateRun) -> tuple[str, str]:
     """The verdict and why, from the two states' runs."""
-    for name, s in (("without the bug", without), ("with the bug", with_bug)):
-        if s.infra:
-            return CANNOT_TELL, f"{name}: {s.infra}"
+    if without.infra:
+        return CANNOT_TELL, f"without the bug: {without.infra}"
+    if with_bug.infra:
+        died = any(d in with_bug.infra for d in DIED_RUNNING[:1]) or all(d in with_bug.infra for d in DIED_RUNNING[1:])
+        if died and without.ksft == KSFT_PASS:
+            return CATCHES, f"the kernel with the bug died or hung while running the selection: {with_bug.infra}"
+        return CANNOT_TELL, f"with the bug: {with_bug.infra}"
     if without.ksft == KSFT_FAIL:
         return FAILS_WITHOUT, ("the selection fails on the tree without the bug: " + ", ".join(without.failed[:5])
                                or "see its log")
@@ -132,11 +140,18 @@ def judge(without: StateRun, with_bug: StateRun) -> tuple[str, str]:
     return NOT_CAUGHT, "the selection passes with the bug too"
 
 
+# modules that decide nothing a tier's run does: the commands around it
+NOT_IN_A_RUN = frozenset({"cli.py", "fixcheck.py", "matrix.py", "selftests.py", "__main__.py"})
+
+
 def _suite_hash() -> str:
-    """kvmffi's own sources (suites, harness, guests): a cached run is valid while they are unchanged."""
+    """kvmffi's own sources that a tier's run uses (suites, harness, bindings, guests, the test
+    kernel's configuration): a kept run is valid while they are unchanged."""
     h = hashlib.sha256()
     root = Path(__file__).resolve().parent
     for f in sorted(root.rglob("*")):
+        if f.parent == root and f.name in NOT_IN_A_RUN:
+            continue
         if f.is_file() and f.suffix in (".py", ".c", ".h", ".S", ".lds", ".config"):
             h.update(str(f.relative_to(root)).encode())
             h.update(f.read_bytes())

@@ -26,3 +26,15 @@ def test_verdicts_and_exit_codes() -> None:
 def test_the_catching_tests_are_named() -> None:
     why = judge(state(a="passed", b="passed"), state(a="passed", b="failed"))[1]
     assert "1 test(s) fail with the bug" in why and "b" in why
+
+
+def test_a_kernel_that_dies_running_the_selection_is_caught_one_that_does_not_boot_cannot_tell() -> None:
+    ok = state(a="passed")
+    died = StateRun("img", tiers=[TierResult("host tier", "x", infra_error="the kernel stopped before the command "
+                                             "finished (QEMU exit 0)\n  last console lines: ...")])
+    hung = StateRun("img", tiers=[TierResult("host tier", "x", infra_error="timed out after 1800 s (while running "
+                                             "the command)")])
+    no_boot = StateRun("img", tiers=[TierResult("host tier", "x", infra_error="the kernel did not boot to the "
+                                                "command (QEMU exit 1)")])
+    assert judge(ok, died)[0] == CATCHES and judge(ok, hung)[0] == CATCHES
+    assert judge(ok, no_boot)[0] == CANNOT_TELL
