@@ -234,6 +234,12 @@ def format_table(results: list[ConfigResult]) -> str:
         lines.append(f"{c.name:<18} {kernel[:22]:<22} {shape[:30]:<30} {t['pass']:>4} {t['fail']:>5} {t['skip']:>5} "
                      f"{t['xfail']:>5} {t['xpass']:>5} {t['error']:>5}{col}")
     notes = [f"  {r.config.name}: {r.config.note}" for r in results if r.config.note]
+    if selftests:
+        from .selftests import disagreements
+        side = [f"  {r.config.name}: {d}" for r in results for d in disagreements(r.outcomes)]
+        notes += (["kvmffi and the kernel's selftests disagree:"] + side) if side else [
+            "  kvmffi and the kernel's selftests agree in every configuration (each selftest against the kvmffi "
+            "files that test the same area: kvmffi.selftests.COUNTERPARTS)"]
     errors = [f"  {r.config.name}: {t.infra_error.splitlines()[0]}" for r in results for t in r.tiers if t.infra_error]
     diff = differences(results)
     out = "\n".join(lines)

@@ -25,6 +25,38 @@ from pathlib import Path
 GUEST_MEMFD_SELFTESTS = ("guest_memfd_test", "set_memory_region_test", "pre_fault_memory_test", "vm_types_test",
                          "x86/private_mem_conversions_test", "x86/private_mem_kvm_exits_test")
 DEFAULT_TIMEOUT = 120.0
+# the kvmffi test files that assert what each selftest asserts (the same area of the uAPI): the matrix
+# lists the configurations where the two sides disagree
+COUNTERPARTS: dict[str, tuple[str, ...]] = {
+    "guest_memfd_test": ("host/test_guest_memfd_create.py", "host/test_guest_memfd_fallocate.py",
+                         "host/test_guest_memfd_mmap.py", "private/test_private_guest_memfd.py"),
+    "set_memory_region_test": ("host/test_memslots.py",),
+    "pre_fault_memory_test": ("private/test_pre_fault.py",),
+    "vm_types_test": ("host/test_caps.py", "host/test_guest_memfd_create.py"),
+    "private_mem_conversions_test": ("private/test_conversions.py", "private/test_attributes.py"),
+    "private_mem_kvm_exits_test": ("private/test_kvm_exits.py",),
+}
+
+
+def disagreements(outcomes: dict[str, str]) -> list[str]:
+    """Where a selftest and its kvmffi counterparts disagree in one configuration's outcomes
+    ({"selftests/NAME": ..., "host/test_x.py::test_y[...]": ...}): one fails while the other passes."""
+    out = []
+    for key, o in sorted(outcomes.items()):
+        if not key.startswith("selftests/"):
+            continue
+        name = key.rsplit("/", 1)[1]
+        files = COUNTERPARTS.get(name, ())
+        ours = [v for k, v in outcomes.items() if k.split("::")[0] in files]
+        if not ours or o not in ("passed", "failed"):
+            continue
+        failed = [k for k, v in outcomes.items() if k.split("::")[0] in files and v == "failed"]
+        if o == "failed" and not failed:
+            out.append(f"{name} fails, kvmffi's {', '.join(files)} pass")
+        elif o == "passed" and failed:
+            out.append(f"{name} passes, kvmffi fails {len(failed)}: " + ", ".join(failed[:3])
+                       + (" ..." if len(failed) > 3 else ""))
+    return out
 MARK = "KVMFFI-SELFTEST "
 
 

@@ -73,3 +73,13 @@ def test_with_tiers_keeps_what_a_configuration_leaves_out_by_design() -> None:
         "6.12", "7.3", "7.3-numa2", "7.3-tdp-mmu-off", "7.3-shadow-mmu"]
     with pytest.raises(ValueError, match="choose from host, private, selftests"):
         with_tiers(list(DEFAULT_CONFIGS), ["bogus"])
+
+
+def test_disagreements_between_a_selftest_and_its_kvmffi_counterparts() -> None:
+    from kvmffi.selftests import disagreements
+    outcomes = {"selftests/guest_memfd_test": "passed", "host/test_guest_memfd_create.py::test_x[DEFAULT]": "failed",
+                "selftests/x86/pre_fault_memory_test": "failed", "private/test_pre_fault.py::test_y": "passed",
+                "selftests/set_memory_region_test": "passed", "host/test_memslots.py::test_z": "passed"}
+    assert disagreements(outcomes) == [
+        "guest_memfd_test passes, kvmffi fails 1: host/test_guest_memfd_create.py::test_x[DEFAULT]",
+        "pre_fault_memory_test fails, kvmffi's private/test_pre_fault.py pass"]
