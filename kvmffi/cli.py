@@ -162,7 +162,7 @@ def cmd_selftests(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .selftests import (DEFAULT_TIMEOUT, GUEST_MEMFD_SELFTESTS, SelftestBuildError, available, build_selftests,
-                            run_selftests)
+                            junit_xml, run_selftests)
     from .testkernel import BootError, KernelBuildError, build_kernel
     from .testkernel.sources import SourceError, kernel_source
     say = (lambda m: None) if args.quiet else (lambda m: print(f"kvmffi selftests: {m}", file=sys.stderr, flush=True))
@@ -197,7 +197,12 @@ def cmd_selftests(args: argparse.Namespace) -> int:
     except (SourceError, KernelBuildError, SelftestBuildError, BootError) as e:
         print(f"kvmffi selftests: {e}", file=sys.stderr)
         return 125
-    if args.format == "ktap":
+    if args.junit_xml:
+        from pathlib import Path as _P
+        _P(args.junit_xml).write_text(junit_xml(results))
+    if args.format == "junit":
+        print(junit_xml(results))
+    elif args.format == "ktap":
         print("KTAP version 1")
         print(f"1..{len(results)}")
         for i, r in enumerate(results, 1):
@@ -438,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--kernel-args", default="", metavar="ARGS", help="kernel command line additions")
     st.add_argument("--timeout", type=float, default=120.0, help="seconds per selftest (default 120): killed and "
                     "reported as a timeout")
-    st.add_argument("--format", choices=["pretty", "ktap"], default="pretty")
+    st.add_argument("--format", choices=["pretty", "ktap", "junit"], default="pretty")
+    st.add_argument("--junit-xml", metavar="FILE", help="also write JUnit XML")
     st.add_argument("--list", action="store_true", help="list the named selftests the source has, and stop")
     st.add_argument("-q", "--quiet", action="store_true")
     st.set_defaults(fn=cmd_selftests)

@@ -146,6 +146,22 @@ def classify(name: str, rc: int | None, output: list[str], seconds: float, timeo
     return SelftestResult(name, "fail", rc, seconds, f"exit {rc}; last output:\n{tail}", subtests=subtests)
 
 
+def junit_xml(results: list[SelftestResult], suite: str = "kvm selftests") -> str:
+    """JUnit XML for the results: a testcase per selftest, failure (timeouts too) or skipped with its text."""
+    import xml.etree.ElementTree as ET
+    fails = sum(r.outcome in ("fail", "timeout") for r in results)
+    ts = ET.Element("testsuite", name=suite, tests=str(len(results)), failures=str(fails),
+                    skipped=str(sum(r.outcome == "skip" for r in results)),
+                    time=f"{sum(r.seconds for r in results):.3f}")
+    for r in results:
+        tc = ET.SubElement(ts, "testcase", classname="selftests", name=r.name, time=f"{r.seconds:.3f}")
+        if r.outcome in ("fail", "timeout"):
+            ET.SubElement(tc, "failure", message=r.outcome).text = r.detail
+        elif r.outcome == "skip":
+            ET.SubElement(tc, "skipped", message=r.detail.splitlines()[0] if r.detail else "skipped")
+    return ET.tostring(ts, encoding="unicode")
+
+
 def run_inside(binaries: dict[str, str], timeout: float) -> list[SelftestResult]:
     """In the test kernel: run each binary from its own directory, with the kernel-log gate around it."""
     from .kmsg import KernelLog, find_splats

@@ -83,3 +83,17 @@ def test_disagreements_between_a_selftest_and_its_kvmffi_counterparts() -> None:
     assert disagreements(outcomes) == [
         "guest_memfd_test passes, kvmffi fails 1: host/test_guest_memfd_create.py::test_x[DEFAULT]",
         "pre_fault_memory_test fails, kvmffi's private/test_pre_fault.py pass"]
+
+
+def test_selftest_results_as_junit() -> None:
+    import xml.etree.ElementTree as ET
+
+    from kvmffi.selftests import SelftestResult, classify, junit_xml
+    rs = [classify("guest_memfd_test", 0, [], 0.4, 120), classify("pre_fault_memory_test", None, ["Random seed"], 120, 120),
+          classify("vm_types_test", 4, ["SKIP: no SW_PROTECTED"], 0.1, 120),
+          classify("x", 254, ["==== Test Assertion Failure ====", "  x.c:10: false"], 0.2, 120)]
+    assert [r.outcome for r in rs] == ["pass", "timeout", "skip", "fail"] and isinstance(rs[0], SelftestResult)
+    assert "assertion failure (exit 254)" in rs[3].detail and "x.c:10" in rs[3].detail
+    ts = ET.fromstring(junit_xml(rs))
+    assert (ts.get("tests"), ts.get("failures"), ts.get("skipped")) == ("4", "2", "1")
+    assert ts.find("testcase[@name='pre_fault_memory_test']/failure").get("message") == "timeout"  # type: ignore[union-attr]
