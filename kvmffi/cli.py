@@ -166,8 +166,9 @@ def cmd_selftests(args: argparse.Namespace) -> int:
     from .testkernel import BootError, KernelBuildError, build_kernel
     from .testkernel.sources import SourceError, kernel_source
     say = (lambda m: None) if args.quiet else (lambda m: print(f"kvmffi selftests: {m}", file=sys.stderr, flush=True))
-    if args.timeout <= 0:
-        print(f"kvmffi selftests: --timeout {args.timeout}: give seconds > 0", file=sys.stderr)
+    if args.timeout <= 0 or args.jobs < 1:
+        print(f"kvmffi selftests: --timeout {args.timeout} / -j {args.jobs}: give seconds > 0 and jobs >= 1",
+              file=sys.stderr)
         return 2
     try:
         if args.tree:
@@ -191,7 +192,7 @@ def cmd_selftests(args: argparse.Namespace) -> int:
         binaries = build_selftests(tree, found, progress=say)
         say(f"running {len(binaries)} selftest(s) in {image} ({args.timeout:.0f} s each at most)")
         results = run_selftests(image, binaries, timeout=args.timeout or DEFAULT_TIMEOUT,
-                                kernel_args=args.kernel_args, echo=None if args.quiet else
+                                kernel_args=args.kernel_args, jobs=args.jobs, echo=None if args.quiet else
                                 (lambda line: print(line, file=sys.stderr, flush=True)
                                  if line.startswith("# selftest") else None))
     except (SourceError, KernelBuildError, SelftestBuildError, BootError) as e:
@@ -443,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--kernel-args", default="", metavar="ARGS", help="kernel command line additions")
     st.add_argument("--timeout", type=float, default=120.0, help="seconds per selftest (default 120): killed and "
                     "reported as a timeout")
+    st.add_argument("-j", "--jobs", type=int, default=1, help="selftests at once in the test kernel (default 1; "
+                    "with more, a kernel splat is charged to every selftest that was running)")
     st.add_argument("--format", choices=["pretty", "ktap", "junit"], default="pretty")
     st.add_argument("--junit-xml", metavar="FILE", help="also write JUnit XML")
     st.add_argument("--list", action="store_true", help="list the named selftests the source has, and stop")

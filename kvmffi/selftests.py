@@ -162,41 +162,68 @@ def junit_xml(results: list[SelftestResult], suite: str = "kvm selftests") -> st
     return ET.tostring(ts, encoding="unicode")
 
 
-def run_inside(binaries: dict[str, str], timeout: float) -> list[SelftestResult]:
-    """In the test kernel: run each binary from its own directory, with the kernel-log gate around it."""
+def _run_one(name: str, path: str, timeout: float) -> SelftestResult:
+    print(f"# selftest {name} ...", flush=True)
+    t0 = time.monotonic()
+    p = subprocess.Popen([path], cwd=os.path.dirname(path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+        rc: int | None = p.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, 9)
+        out, _ = p.communicate()
+        rc = None
+    return classify(name, rc, out.decode(errors="replace").splitlines(), time.monotonic() - t0, timeout)
+
+
+def run_inside(binaries: dict[str, str], timeout: float, jobs: int = 1) -> list[SelftestResult]:
+    """In the test kernel: run each binary from its own directory, with the kernel-log gate around it
+    (with ``jobs`` > 1 several at once: a splat is then charged to each binary that was running)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
     from .kmsg import KernelLog, find_splats
     log = KernelLog.open()
-    results = []
-    for name, path in binaries.items():
-        if log is not None:
-            log.mark()
-        print(f"# selftest {name} ...", flush=True)
-        t0 = time.monotonic()
-        p = subprocess.Popen([path], cwd=os.path.dirname(path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            out, _ = p.communicate(timeout=timeout)
-            rc: int | None = p.returncode
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, 9)
-            out, _ = p.communicate()
-            rc = None
-        lines = out.decode(errors="replace").splitlines()
-        r = classify(name, rc, lines, time.monotonic() - t0, timeout)
-        if log is not None:
-            r.splats = [f"{s.kind}: {s.headline[:160]}" for s in find_splats(log.read())]
+    lock = threading.Lock()
+    running: set[str] = set()
+    charged: dict[str, list[str]] = {n: [] for n in binaries}
+
+    def collect() -> None:
+        if log is None:
+            return
+        splats = [f"{s.kind}: {s.headline[:160]}" for s in find_splats(log.read())]
+        for n in running:
+            charged[n] += splats
+
+    def one(item: tuple[str, str]) -> SelftestResult:
+        name, path = item
+        with lock:
+            collect()
+            running.add(name)
+        r = _run_one(name, path, timeout)
+        with lock:
+            collect()
+            running.discard(name)
+            r.splats = charged[name]
             if r.splats and r.outcome == "pass":
                 r.outcome, r.detail = "fail", "the kernel logged: " + "; ".join(r.splats)
-        print(MARK + json.dumps(asdict(r)), flush=True)
-        results.append(r)
-    return results
+            print(MARK + json.dumps(asdict(r)), flush=True)
+        return r
+
+    if log is not None:
+        log.mark()
+    with ThreadPoolExecutor(max_workers=max(jobs, 1)) as ex:
+        return list(ex.map(one, binaries.items()))
 
 
 def run_selftests(image: Path | str, binaries: dict[str, Path], *, timeout: float = DEFAULT_TIMEOUT,
-                  kernel_args: str = "", numa: int = 0, echo: Callable[[str], None] | None = None) -> list[SelftestResult]:
-    """Boot ``image`` once and run ``binaries`` inside; one result per test. Raises BootError."""
+                  kernel_args: str = "", numa: int = 0, echo: Callable[[str], None] | None = None,
+                  jobs: int = 1) -> list[SelftestResult]:
+    """Boot ``image`` once and run ``binaries`` inside (``jobs`` at once); one result per test.
+    Raises BootError."""
     from .testkernel import boot
-    spec = json.dumps({"binaries": {n: str(p) for n, p in binaries.items()}, "timeout": timeout})
+    spec = json.dumps({"binaries": {n: str(p) for n, p in binaries.items()}, "timeout": timeout, "jobs": jobs})
     r = boot(image, [sys.executable, "-m", "kvmffi.selftests", spec], timeout=timeout * len(binaries) + 300,
              extra_append=kernel_args, numa=numa, echo=echo)
     out = []
@@ -208,4 +235,4 @@ def run_selftests(image: Path | str, binaries: dict[str, Path], *, timeout: floa
 
 if __name__ == "__main__":
     args = json.loads(sys.argv[1])
-    run_inside(args["binaries"], float(args["timeout"]))
+    run_inside(args["binaries"], float(args["timeout"]), int(args.get("jobs", 1)))
