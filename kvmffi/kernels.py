@@ -287,6 +287,15 @@ def private_types_withheld(k: Kernel | None = None) -> str | None:
             "(KVM_X86_SW_PROTECTED_VM needs the TDP MMU, a1176ef5c92a); boot with kvm.tdp_mmu=1 and npt/ept on")
 
 
+def cap_withheld(cap_name: str, k: Kernel | None = None) -> str | None:
+    """Why the running MMU mode withholds a capability by design, or None: KVM_CAP_PRE_FAULT_MEMORY
+    is tdp_enabled (arch/x86/kvm/x86.c), so shadow paging answers 0."""
+    mode = mmu_mode(k)
+    if cap_name == "KVM_CAP_PRE_FAULT_MEMORY" and mode.tdp is False:
+        return f"KVM runs guests with {mode}: KVM_CAP_PRE_FAULT_MEMORY needs TDP (NPT/EPT)"
+    return None
+
+
 def mmu_mode(k: Kernel | None = None) -> MmuMode:
     """The running KVM's MMU mode, read from /sys/module/*/parameters."""
     module = (k or running()).module

@@ -133,7 +133,10 @@ def strict_mode() -> bool:
 
 def _missing_verdict(reason: str, feature: str | None) -> tuple[bool, str]:
     """(fail?, message) for a missing capability: strict mode fails unless the kernel predates it."""
-    from .kernels import FEATURE_SINCE, predates, running
+    from .kernels import FEATURE_SINCE, cap_withheld, predates, running
+    withheld = cap_withheld(feature) if feature is not None else None
+    if withheld:
+        return False, f"{reason} [{withheld}]"
     if feature is not None and predates(feature):
         since = ".".join(map(str, FEATURE_SINCE[feature]))
         return False, f"{reason} [{running().release} predates {feature} (Linux {since})]"
