@@ -203,11 +203,11 @@ def fixcheck(change: Change, selection: list[str], *, tree: Path | None = None, 
         assert version is not None
         tree = git_copy(version, progress)
     tree = tree.resolve()
-    require_clean_git_tree(tree)
     logs = log_dir or Path.cwd()
     logs.mkdir(parents=True, exist_ok=True)
     res = FixcheckResult(str(tree), change.describe(), selection or ["every tier"], m, StateRun(), StateRun())
     with tree_lock(tree):
+        require_clean_git_tree(tree)  # under the lock: another fixcheck's change in the tree is not "uncommitted"
         change.diff(tree)  # a bad --fix or unreadable --bug fails before any build
         images: dict[str, Path] = {}
         for state, target in (("without the bug", res.without_bug), ("with the bug", res.with_bug)):
