@@ -93,7 +93,7 @@ def _run_tiers(args: argparse.Namespace, strict: bool) -> list[TierResult]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import KSFT_FAIL, KSFT_PASS, KSFT_SKIP
+    from .ktap import KSFT_SKIP, combine
     try:
         results = _run_tiers(args, args.strict)
     except Exception as e:
@@ -102,10 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not results:
         print("kvmffi run: no tier can run on this host (see above)", file=sys.stderr)
         return KSFT_SKIP
-    codes = [r.ksft for r in results]
-    if KSFT_FAIL in codes:
-        return KSFT_FAIL
-    return KSFT_PASS if KSFT_PASS in codes else KSFT_SKIP
+    return combine(r.ksft for r in results)
 
 
 def cmd_bisect(args: argparse.Namespace) -> int:
@@ -162,7 +159,7 @@ def cmd_selftests(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .selftests import (DEFAULT_TIMEOUT, GUEST_MEMFD_SELFTESTS, SelftestBuildError, available, build_selftests,
-                            junit_xml, run_selftests)
+                            junit_xml, ktap_lines, run_selftests)
     from .testkernel import BootError, KernelBuildError, build_kernel
     from .testkernel.sources import SourceError, kernel_source
     say = (lambda m: None) if args.quiet else (lambda m: print(f"kvmffi selftests: {m}", file=sys.stderr, flush=True))
@@ -204,18 +201,7 @@ def cmd_selftests(args: argparse.Namespace) -> int:
     if args.format == "junit":
         print(junit_xml(results))
     elif args.format == "ktap":
-        print("KTAP version 1")
-        print(f"1..{len(results)}")
-        for i, r in enumerate(results, 1):
-            for line in r.subtests:
-                print(f"    {line}")
-            tag = " # SKIP " + r.detail.splitlines()[0] if r.outcome == "skip" and r.detail else ""
-            print(("ok" if r.outcome in ("pass", "skip") else "not ok") + f" {i} {r.name}{tag}")
-            if r.outcome in ("fail", "timeout"):
-                for line in r.detail.splitlines():
-                    print(f"# {line}")
-        t = {k: sum(1 for r in results if r.outcome == k) for k in ("pass", "fail", "skip", "timeout")}
-        print(f"# Totals: pass:{t['pass']} fail:{t['fail'] + t['timeout']} xfail:0 xpass:0 skip:{t['skip']} error:0")
+        print("\n".join(ktap_lines(results)))
     else:
         for r in results:
             print(f"{r.outcome.upper():<8} {r.name:<40} {r.seconds:6.1f} s"

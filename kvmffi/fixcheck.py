@@ -23,7 +23,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .runner import KSFT_FAIL, KSFT_PASS, TierResult, plan_tiers, run_tiers
+from . import ktap
+from .ktap import KSFT_FAIL, KSFT_PASS
+from .runner import TierResult, plan_tiers, run_tiers
 from .testkernel.progress import Progress
 from .testkernel.tree import Change, changed, git_copy, require_clean_git_tree, tree_lock
 
@@ -76,8 +78,7 @@ class StateRun:
 
     @property
     def ksft(self) -> int:
-        codes = [t.ksft for t in self.tiers]
-        return KSFT_FAIL if KSFT_FAIL in codes or not codes else KSFT_PASS if KSFT_PASS in codes else 4
+        return ktap.combine(t.ksft for t in self.tiers)
 
 
 @dataclass
@@ -147,13 +148,16 @@ NOT_IN_A_RUN = frozenset({"cli.py", "fixcheck.py", "matrix.py", "selftests.py", 
 def _suite_hash() -> str:
     """kvmffi's own sources that a tier's run uses (suites, harness, bindings, guests, the test
     kernel's configuration): a kept run is valid while they are unchanged."""
+    from .guest.build import guests_dir
     h = hashlib.sha256()
     root = Path(__file__).resolve().parent
-    for f in sorted(root.rglob("*")):
-        if f.parent == root and f.name in NOT_IN_A_RUN:
-            continue
+    guests = guests_dir().resolve()  # the checkout's guests/, or kvmffi/guests in an installed copy
+    files = [(f, str(f.relative_to(root))) for f in root.rglob("*") if not f.is_relative_to(guests)
+             and not (f.parent == root and f.name in NOT_IN_A_RUN)]
+    files += [(f, str(Path("guests", f.relative_to(guests)))) for f in guests.rglob("*")]
+    for f, name in sorted(files, key=lambda x: x[1]):
         if f.is_file() and f.suffix in (".py", ".c", ".h", ".S", ".lds", ".config"):
-            h.update(str(f.relative_to(root)).encode())
+            h.update(name.encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:16]
 

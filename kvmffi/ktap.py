@@ -1,17 +1,100 @@
-"""KTAP output for pytest: one `ok`/`not ok` line per test, `# SKIP reason`, a totals line.
+"""KTAP, once: the lines kvmffi writes (plans, results with their SKIP and XFAIL directives,
+diagnostics, the totals line), the reader that turns them back into outcomes, the kselftest
+exit-code rule, and the pytest reporter that writes one ``ok``/``not ok`` line per test.
 
-Enabled with ``--ktap`` (to standard output, replacing pytest's own report) or
-``--ktap-file FILE``. Kernel test runners and KernelCI read this format.
+The reporter is enabled with ``--ktap`` (to standard output, replacing pytest's own report) or
+``--ktap-file FILE``. Format: Documentation/dev-tools/ktap.rst (version 1: nested subtests are
+indented by four spaces and precede their parent's result line). Exit codes: kselftest's
+(tools/testing/selftests/kselftest.h): 0 pass, 1 fail, 4 skip.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 import pytest
+
+KSFT_PASS, KSFT_FAIL, KSFT_SKIP = 0, 1, 4
+TOTAL_KEYS = ("pass", "fail", "xfail", "xpass", "skip", "error")
+_TOTALS = re.compile(r"# Totals: pass:(\d+) fail:(\d+) xfail:(\d+) xpass:(\d+) skip:(\d+) error:(\d+)")
+
+
+def ksft_code(totals: Mapping[str, int]) -> int:
+    """kselftest's rule for one run: 1 if anything failed or errored (or there are no totals at
+    all: the run never finished), else 0 if anything passed, else 4 (everything skipped)."""
+    if not totals or totals.get("fail") or totals.get("error"):
+        return KSFT_FAIL
+    return KSFT_PASS if totals.get("pass") else KSFT_SKIP
+
+
+def combine(codes: Iterable[int], empty: int = KSFT_FAIL) -> int:
+    """The code of several runs: 1 if any failed, else 0 if any passed, else 4; ``empty`` if none."""
+    codes = list(codes)
+    if not codes:
+        return empty
+    if KSFT_FAIL in codes:
+        return KSFT_FAIL
+    return KSFT_PASS if KSFT_PASS in codes else KSFT_SKIP
+
+
+def plan(n: int, indent: str = "") -> list[str]:
+    """The version line and the plan of ``n`` results."""
+    return [f"{indent}KTAP version 1", f"{indent}1..{n}"]
+
+
+def result(i: int, name: str, ok: bool, directive: str = "", indent: str = "") -> str:
+    """One result line; ``directive`` is e.g. ``SKIP reason`` or ``XFAIL reason``."""
+    return f"{indent}{'ok' if ok else 'not ok'} {i} {name}" + (f" # {directive}" if directive else "")
+
+
+def diagnostics(text: str, indent: str = "") -> list[str]:
+    return [f"{indent}# {line}" for line in text.splitlines()]
+
+
+def totals_line(t: Mapping[str, int], indent: str = "") -> str:
+    return indent + "# Totals: " + " ".join(f"{k}:{t.get(k, 0)}" for k in TOTAL_KEYS)
+
+
+@dataclass
+class Parsed:
+    """What a KTAP text says at its top level (indented subtests are not counted)."""
+    totals: dict[str, int] = field(default_factory=dict)      # from the totals line; empty without one
+    outcomes: dict[str, str] = field(default_factory=dict)    # name -> passed/failed/skipped/xfailed
+    skip_reasons: list[str] = field(default_factory=list)
+    fail_names: list[str] = field(default_factory=list)
+
+
+def parse(text: str) -> Parsed:
+    """Read the top-level result lines and the totals line of a KTAP text."""
+    out = Parsed()
+    for line in text.splitlines():
+        m = _TOTALS.search(line)
+        if m and not line.startswith(" "):
+            out.totals = dict(zip(TOTAL_KEYS, map(int, m.groups()), strict=True))
+        elif line.startswith("ok "):
+            name = line.split(" ", 2)[2] if line.count(" ") >= 2 else ""
+            name, _, directive = name.partition(" # ")
+            if directive.startswith("SKIP"):
+                out.skip_reasons.append(directive[4:].strip())
+                out.outcomes[name] = "skipped"
+            elif directive.startswith("XFAIL"):
+                out.outcomes[name] = "xfailed"
+            else:
+                out.outcomes[name] = "passed"
+        elif line.startswith("not ok "):
+            name = line.split(" ", 3)[-1].partition(" # ")[0]
+            out.fail_names.append(name)
+            out.outcomes[name] = "failed"
+    return out
+
+
+def is_ktap(line: str) -> bool:
+    """Whether an output line belongs to a KTAP report (the rest of pytest's output does not)."""
+    return line.startswith(("TAP version", "KTAP version", "1..", "ok ", "not ok ", "# ", "    "))
 
 
 @dataclass
@@ -57,8 +140,8 @@ class KtapReporter:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.planned = len(session.items)
-        self.write("TAP version 13")
-        self.write(f"1..{self.planned}")
+        for line in plan(self.planned):
+            self.write(line)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         o = self.current.setdefault(report.nodeid, _Outcome())
@@ -86,22 +169,14 @@ class KtapReporter:
         for d in o.diag:
             self.write(f"# {d}")
         name = ktap_name(nodeid)
-        if o.state == "pass":
-            self.write(f"ok {self.n} {name}")
-        elif o.state == "skip":
-            self.write(f"ok {self.n} {name} # SKIP {o.reason}")
-        elif o.state == "xfail":
-            self.write(f"ok {self.n} {name} # XFAIL {o.reason}")
-        else:
-            self.write(f"not ok {self.n} {name}")
+        directive = {"skip": f"SKIP {o.reason}", "xfail": f"XFAIL {o.reason}"}.get(o.state, "")
+        self.write(result(self.n, name, o.state in ("pass", "skip", "xfail"), directive))
         self.totals[o.state] += 1
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.n < self.planned:
             self.write(f"# {self.planned - self.n} planned tests did not run (session interrupted)")
-        t = self.totals
-        self.write(f"# Totals: pass:{t['pass']} fail:{t['fail']} xfail:{t['xfail']} xpass:{t['xpass']} "
-                   f"skip:{t['skip']} error:{t['error']}")
+        self.write(totals_line(self.totals))
 
 
 def configure(config: pytest.Config) -> None:

@@ -17,7 +17,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from .runner import KSFT_FAIL, KSFT_PASS, KSFT_SKIP, TierResult, run_tier
+from . import ktap
+from .ktap import KSFT_FAIL, KSFT_SKIP
+from .runner import TierResult, run_tier
 
 
 @dataclass(frozen=True)
@@ -95,10 +97,7 @@ class ConfigResult:
 
     @property
     def ksft(self) -> int:
-        codes = [t.ksft for t in self.tiers]
-        if KSFT_FAIL in codes or not codes:
-            return KSFT_FAIL
-        return KSFT_PASS if KSFT_PASS in codes else KSFT_SKIP
+        return ktap.combine(t.ksft for t in self.tiers)
 
     def to_json(self) -> dict[str, object]:
         c = self.config
@@ -261,20 +260,18 @@ def format_table(results: list[ConfigResult]) -> str:
 
 
 def format_ktap(results: list[ConfigResult]) -> str:
-    lines = ["KTAP version 1", f"1..{len(results)}"]
+    """One KTAP subtest per configuration, each test's outcome nested in it."""
+    lines = ktap.plan(len(results))
     for i, r in enumerate(results, 1):
         outs = r.outcomes
         lines += ["    KTAP version 1", f"    # configuration {r.config.name}: kernel {r.kernel_release or r.config.kernel}"
                   + (f", {r.config.kernel_args}" if r.config.kernel_args else "")
                   + (f", {r.config.numa} NUMA nodes" if r.config.numa > 1 else ""), f"    1..{len(outs)}"]
         for j, (name, o) in enumerate(outs.items(), 1):
-            directive = {"skipped": " # SKIP", "xfailed": " # XFAIL"}.get(o, "")
-            lines.append(f"    {'not ok' if o == 'failed' else 'ok'} {j} {name}{directive}")
-        t = r.totals
-        lines.append(f"    # Totals: pass:{t['pass']} fail:{t['fail']} xfail:{t['xfail']} xpass:{t['xpass']} "
-                     f"skip:{t['skip']} error:{t['error']}")
-        lines.append(f"{'not ok' if r.ksft == KSFT_FAIL else 'ok'} {i} {r.config.name}"
-                     + (" # SKIP nothing ran" if r.ksft == KSFT_SKIP else ""))
+            lines.append(ktap.result(j, name, o != "failed", {"skipped": "SKIP", "xfailed": "XFAIL"}.get(o, ""),
+                                     indent="    "))
+        lines.append(ktap.totals_line(r.totals, indent="    "))
+        lines.append(ktap.result(i, r.config.name, r.ksft != KSFT_FAIL, "SKIP nothing ran" if r.ksft == KSFT_SKIP else ""))
     return "\n".join(lines)
 
 
@@ -283,7 +280,4 @@ def format_json(results: list[ConfigResult]) -> str:
 
 
 def exit_code(results: list[ConfigResult]) -> int:
-    codes = [r.ksft for r in results]
-    if KSFT_FAIL in codes:
-        return KSFT_FAIL
-    return KSFT_PASS if KSFT_PASS in codes else KSFT_SKIP
+    return ktap.combine((r.ksft for r in results), empty=KSFT_SKIP)

@@ -15,10 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-KSFT_PASS, KSFT_FAIL, KSFT_SKIP = 0, 1, 4
+from . import ktap
+from .ktap import KSFT_FAIL, KSFT_PASS, KSFT_SKIP, is_ktap
+
 BISECT_GOOD, BISECT_BAD, BISECT_SKIP = 0, 1, 125
 
-TOTALS = re.compile(r"# Totals: pass:(\d+) fail:(\d+) xfail:(\d+) xpass:(\d+) skip:(\d+) error:(\d+)")
 
 
 @dataclass
@@ -34,14 +35,7 @@ class TierResult:
 
     @property
     def ksft(self) -> int:
-        t = self.totals
-        if self.infra_error or not t:
-            return KSFT_FAIL
-        if t["fail"] or t["error"]:
-            return KSFT_FAIL
-        if t["pass"]:
-            return KSFT_PASS
-        return KSFT_SKIP
+        return KSFT_FAIL if self.infra_error else ktap.ksft_code(self.totals)
 
     def summary(self) -> str:
         if self.infra_error:
@@ -54,21 +48,12 @@ class TierResult:
 
 
 def parse_ktap(text: str, res: TierResult) -> None:
-    for line in text.splitlines():
-        m = TOTALS.search(line)
-        if m:
-            keys = ("pass", "fail", "xfail", "xpass", "skip", "error")
-            res.totals = dict(zip(keys, map(int, m.groups()), strict=True))
-        elif line.startswith("ok ") and " # SKIP " in line:
-            res.skip_reasons.append(line.split(" # SKIP ", 1)[1])
-            res.outcomes[line.split(" ", 2)[2].split(" # SKIP ", 1)[0]] = "skipped"
-        elif line.startswith("ok ") and " # XFAIL " in line:
-            res.outcomes[line.split(" ", 2)[2].split(" # XFAIL ", 1)[0]] = "xfailed"
-        elif line.startswith("ok "):
-            res.outcomes[line.split(" ", 2)[2]] = "passed"
-        elif line.startswith("not ok "):
-            res.fail_names.append(line.split(" ", 3)[-1])
-            res.outcomes[line.split(" ", 3)[-1]] = "failed"
+    """Fill ``res`` from the KTAP report of a tier."""
+    p = ktap.parse(text)
+    res.totals = p.totals
+    res.skip_reasons += p.skip_reasons
+    res.fail_names += p.fail_names
+    res.outcomes.update(p.outcomes)
 
 
 # Built-in plugins the suites never use: under emulation each costs start-up time, so kvmffi's
@@ -194,7 +179,7 @@ def run_selftests_tier(name: str, selection: list[str], *, kernel: str | None, e
                        numa: int = 0, kernel_args: str = "", timeout: float = 120.0) -> TierResult:
     """The kernel's own KVM selftests as a tier: built from the source ``kernel`` (a cached image) was
     built from, run inside it, one outcome per selftest (a timeout is a failure), KTAP lines echoed."""
-    from .selftests import GUEST_MEMFD_SELFTESTS, build_selftests, run_selftests
+    from .selftests import GUEST_MEMFD_SELFTESTS, build_selftests, ktap_lines, run_selftests
     from .testkernel import BootError
     from .testkernel.build import image_tree
     res = TierResult(name, f"test kernel {kernel}")
@@ -213,27 +198,11 @@ def run_selftests_tier(name: str, selection: list[str], *, kernel: str | None, e
     except (BootError, RuntimeError) as e:
         res.infra_error = str(e)
         return res
-    res.totals = {k: 0 for k in ("pass", "fail", "xfail", "xpass", "skip", "error")}
-    echo("KTAP version 1")
-    echo(f"1..{len(results)}")
-    for i, r in enumerate(results, 1):
-        key = f"selftests/{r.name}"
-        outcome = {"pass": "passed", "skip": "skipped"}.get(r.outcome, "failed")
-        res.outcomes[key] = outcome
-        res.totals[{"passed": "pass", "skipped": "skip"}.get(outcome, "fail")] += 1
-        if outcome == "failed":
-            res.fail_names.append(key)
-        elif outcome == "skipped":
-            res.skip_reasons.append(r.detail.splitlines()[0] if r.detail else "skipped")
-        for line in r.subtests:
-            echo(f"    {line}")
-        echo(("not ok" if outcome == "failed" else "ok") + f" {i} {key}"
-             + (f" # SKIP {r.detail.splitlines()[0]}" if outcome == "skipped" and r.detail else ""))
-        if outcome == "failed":
-            for line in (f"{r.outcome}: " + r.detail).splitlines():
-                echo(f"# {line}")
+    lines = ktap_lines(results, prefix="selftests/")
+    for line in lines:
+        echo(line)
+    parse_ktap("\n".join(lines), res)
     t = res.totals
-    echo(f"# Totals: pass:{t['pass']} fail:{t['fail']} xfail:0 xpass:0 skip:{t['skip']} error:0")
     res.pytest_rc = 1 if t["fail"] else 0
     return res
 
@@ -316,8 +285,7 @@ def run_tiers(tiers: list[Tier], *, keyword: str | None = None, fmt: str = "pret
     results = []
     nested = echo is None and fmt == "ktap" and len(tiers) > 1
     if nested:
-        print("KTAP version 1")
-        print(f"1..{len(tiers)}")
+        print("\n".join(ktap.plan(len(tiers))))
     for i, t in enumerate(tiers, 1):
         junit = junit_xml
         if junit and len(tiers) > 1:
@@ -331,8 +299,8 @@ def run_tiers(tiers: list[Tier], *, keyword: str | None = None, fmt: str = "pret
                      timeout=max(timeout, (soak or 0) + 900))
         results.append(r)
         if nested:
-            print(("ok" if r.ksft != KSFT_FAIL else "not ok") + f" {i} {t.name.replace(' ', '_')}"
-                  + (" # SKIP nothing ran" if r.ksft == KSFT_SKIP else ""), flush=True)
+            print(ktap.result(i, t.name.replace(" ", "_"), r.ksft != KSFT_FAIL,
+                              "SKIP nothing ran" if r.ksft == KSFT_SKIP else ""), flush=True)
     for r in results:
         note(f"kvmffi: {r.summary()}")
     return results
@@ -351,10 +319,6 @@ def echo_for(nested: bool, fmt: str) -> Callable[[str], None]:
         print(line, flush=True)
 
     return indented if nested else split if fmt == "ktap" else plain
-
-
-def is_ktap(line: str) -> bool:
-    return line.startswith(("TAP version", "KTAP version", "1..", "ok ", "not ok ", "# ", "    "))
 
 
 def bisect_verdict(r: TierResult | None) -> tuple[int, str]:

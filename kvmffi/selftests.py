@@ -146,6 +146,24 @@ def classify(name: str, rc: int | None, output: list[str], seconds: float, timeo
     return SelftestResult(name, "fail", rc, seconds, f"exit {rc}; last output:\n{tail}", subtests=subtests)
 
 
+def ktap_lines(results: list[SelftestResult], prefix: str = "") -> list[str]:
+    """A KTAP report of the results: a binary's own TAP lines nested under its result line, its
+    detail as diagnostics when it failed or timed out; ``prefix`` goes before each name."""
+    from . import ktap
+    lines = ktap.plan(len(results))
+    for i, r in enumerate(results, 1):
+        lines += [f"    {line}" for line in r.subtests]
+        reason = r.detail.splitlines()[0] if r.detail else "skipped"
+        lines.append(ktap.result(i, prefix + r.name, r.outcome in ("pass", "skip"),
+                                 f"SKIP {reason}" if r.outcome == "skip" else ""))
+        if r.outcome in ("fail", "timeout"):
+            lines += ktap.diagnostics(f"{r.outcome}: {r.detail}")
+    count = {k: sum(1 for r in results if r.outcome == k) for k in ("pass", "fail", "skip", "timeout")}
+    lines.append(ktap.totals_line({"pass": count["pass"], "fail": count["fail"] + count["timeout"],
+                                   "skip": count["skip"]}))
+    return lines
+
+
 def junit_xml(results: list[SelftestResult], suite: str = "kvm selftests") -> str:
     """JUnit XML for the results: a testcase per selftest, failure (timeouts too) or skipped with its text."""
     import xml.etree.ElementTree as ET
