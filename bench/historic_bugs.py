@@ -31,6 +31,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from kvmffi.fixcheck import CATCHES, Machine, fixcheck  # noqa: E402
 from kvmffi.selftests import GUEST_MEMFD_SELFTESTS, SelftestResult, build_selftests, run_selftests  # noqa: E402
+from kvmffi.testkernel.spec import BootSpec  # noqa: E402
 from kvmffi.testkernel.tree import Change, git_copy  # noqa: E402
 
 CATALOGUE = HERE / "historic" / "catalogue.toml"
@@ -101,7 +102,7 @@ def fuzz_findings(image: str, examples: int, kernel_args: str, log: Path) -> tup
 def run_bug(bug: Bug, version: str, selftests: dict[str, Path] | None, baseline_selftests: dict[tuple[bool, str], set[str]],
             logs: Path, fuzz_examples: int = 0, baseline_fuzz: dict[tuple[bool, str], set[str]] | None = None
             ) -> dict[str, object]:
-    m = Machine(debug=bug.debug, kernel_args=bug.kernel_args)
+    m = Machine(BootSpec(kernel_args=bug.kernel_args), debug=bug.debug)
     t0 = time.monotonic()
     res = fixcheck(Change(patch=bug.patch), list(bug.selection), version=version, machine=m, log_dir=logs / bug.id)
     entry: dict[str, object] = {
@@ -118,11 +119,11 @@ def run_bug(bug: Bug, version: str, selftests: dict[str, Path] | None, baseline_
         try:
             if key not in baseline_selftests:
                 say(f"{bug.id}: selftests without the bug ({m.describe()})")
-                base = run_selftests(res.without_bug.image, selftests, kernel_args=bug.kernel_args)
+                base = run_selftests(BootSpec(res.without_bug.image, kernel_args=bug.kernel_args), selftests)
                 baseline_selftests[key] = selftest_failures(base)
             say(f"{bug.id}: selftests with the bug")
             t1 = time.monotonic()
-            got = run_selftests(res.with_bug.image, selftests, kernel_args=bug.kernel_args)
+            got = run_selftests(BootSpec(res.with_bug.image, kernel_args=bug.kernel_args), selftests)
             entry["run_s"] = round(float(entry["run_s"]) + time.monotonic() - t1, 1)  # type: ignore[arg-type]
             caught = sorted(selftest_failures(got) - baseline_selftests[key])
             st = {"caught": bool(caught), "tests": caught, "ran": True,

@@ -24,9 +24,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import ktap
+from .cache import cache_dir
 from .ktap import KSFT_FAIL, KSFT_PASS
 from .runner import TierResult, plan_tiers, run_tiers
 from .testkernel.progress import Progress
+from .testkernel.spec import BootSpec
 from .testkernel.tree import Change, changed, git_copy, require_clean_git_tree, tree_lock
 
 CATCHES, NOT_CAUGHT, FAILS_WITHOUT, CANNOT_TELL = "catches", "not caught", "fails without the bug", "cannot tell"
@@ -35,20 +37,15 @@ EXIT_CODES = {CATCHES: 0, NOT_CAUGHT: 1, FAILS_WITHOUT: 2, CANNOT_TELL: 125}
 
 @dataclass
 class Machine:
-    """How the kernels are booted and run: the same for both states."""
+    """How the kernels are built and booted: the same for both states. ``spec``'s kernel is left
+    as host: each state boots the image built from the tree."""
+    spec: BootSpec = field(default_factory=BootSpec)
     debug: bool = False
-    kernel_args: str = ""
-    numa: int = 0
     strict: bool = True
     timeout: float = 1800.0
 
     def describe(self) -> str:
-        parts = ["debug kernel" if self.debug else "kernel"]
-        if self.kernel_args:
-            parts.append(self.kernel_args)
-        if self.numa > 1:
-            parts.append(f"{self.numa} NUMA nodes")
-        return ", ".join(parts)
+        return ", ".join(x for x in ("debug kernel" if self.debug else "kernel", self.spec.describe()) if x)
 
 
 @dataclass
@@ -142,7 +139,7 @@ def judge(without: StateRun, with_bug: StateRun) -> tuple[str, str]:
 
 
 # modules that decide nothing a tier's run does: the commands around it
-NOT_IN_A_RUN = frozenset({"cli.py", "fixcheck.py", "matrix.py", "selftests.py", "__main__.py"})
+NOT_IN_A_RUN = frozenset({"cli", "fixcheck.py", "matrix.py", "selftests.py", "__main__.py"})
 
 
 def _suite_hash() -> str:
@@ -153,7 +150,7 @@ def _suite_hash() -> str:
     root = Path(__file__).resolve().parent
     guests = guests_dir().resolve()  # the checkout's guests/, or kvmffi/guests in an installed copy
     files = [(f, str(f.relative_to(root))) for f in root.rglob("*") if not f.is_relative_to(guests)
-             and not (f.parent == root and f.name in NOT_IN_A_RUN)]
+             and f.relative_to(root).parts[0] not in NOT_IN_A_RUN]
     files += [(f, str(Path("guests", f.relative_to(guests)))) for f in guests.rglob("*")]
     for f, name in sorted(files, key=lambda x: x[1]):
         if f.is_file() and f.suffix in (".py", ".c", ".h", ".S", ".lds", ".config"):
@@ -174,7 +171,7 @@ def _run_state(image: Path, selection: list[str], keyword: str | None, m: Machin
         data = json.loads(cache.read_text())
         kept = [TierResult(**t) for t in data["tiers"]]
         return StateRun(str(image), 0.0, data["run_s"], True, kept)
-    tiers, notes = plan_tiers(selection, kernel=str(image), quiet=True)
+    tiers, notes = plan_tiers(selection, m.spec.with_kernel(str(image)), quiet=True)
     t0 = time.monotonic()
     with open(log, "w") as f:
         for n in notes:
@@ -186,8 +183,7 @@ def _run_state(image: Path, selection: list[str], keyword: str | None, m: Machin
             if line.startswith(("FAILED", "ERROR")) or " passed" in line or " failed" in line:
                 progress.update(line[:100])
 
-        results = run_tiers(tiers, keyword=keyword, strict=m.strict, numa=m.numa, kernel_args=m.kernel_args,
-                            timeout=m.timeout, echo=echo)
+        results = run_tiers(tiers, keyword=keyword, strict=m.strict, timeout=m.timeout, echo=echo)
     s = StateRun(str(image), 0.0, time.monotonic() - t0, False, results)
     if use_cache and not s.infra:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +203,7 @@ def fixcheck(change: Change, selection: list[str], *, tree: Path | None = None, 
         assert version is not None
         tree = git_copy(version, progress)
     tree = tree.resolve()
-    logs = log_dir or Path.cwd()
+    logs = log_dir or cache_dir() / "fixcheck" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     res = FixcheckResult(str(tree), change.describe(), selection or ["every tier"], m, StateRun(), StateRun())
     with tree_lock(tree):

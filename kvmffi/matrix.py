@@ -20,14 +20,14 @@ from dataclasses import dataclass, field, replace
 from . import ktap
 from .ktap import KSFT_FAIL, KSFT_SKIP
 from .runner import TierResult, run_tier
+from .testkernel.spec import HOST, VERSION, BootSpec, SpecError
 
 
 @dataclass(frozen=True)
 class Config:
+    """One configuration of the matrix: a name, the machine it runs on, and its tiers."""
     name: str
-    kernel: str = "host"             # "host", a version (6.12, 7.3, 7.3-debug) or a bzImage path
-    numa: int = 0
-    kernel_args: str = ""
+    spec: BootSpec = BootSpec()
     tiers: tuple[str, ...] = ("host", "private")
     note: str = ""                   # why a tier is left out, shown in the report
 
@@ -36,40 +36,47 @@ SHADOW_MMU = "kvm_amd.npt=0 kvm_intel.ept=0"
 TDP_MMU_OFF = "kvm.tdp_mmu=0"       # NPT/EPT on, managed by the legacy MMU
 DEFAULT_CONFIGS = (
     Config("host"),
-    Config("6.12", "6.12"),
-    Config("7.3", "7.3"),
-    Config("7.3-numa2", "7.3", numa=2),
-    Config("7.3-tdp-mmu-off", "7.3", kernel_args=TDP_MMU_OFF, tiers=("host",),
+    Config("6.12", BootSpec("6.12")),
+    Config("7.3", BootSpec("7.3")),
+    Config("7.3-numa2", BootSpec("7.3", numa=2)),
+    Config("7.3-tdp-mmu-off", BootSpec("7.3", kernel_args=TDP_MMU_OFF), tiers=("host",),
            note="private tier not run: on the legacy MMU (kvm.tdp_mmu=0) KVM offers no KVM_X86_SW_PROTECTED_VM, "
                 "which needs the TDP MMU"),
-    Config("7.3-shadow-mmu", "7.3", kernel_args=SHADOW_MMU, tiers=("host",),
+    Config("7.3-shadow-mmu", BootSpec("7.3", kernel_args=SHADOW_MMU), tiers=("host",),
            note="private tier not run: with the shadow MMU (kvm_amd.npt=0) KVM offers no KVM_X86_SW_PROTECTED_VM, "
                 "which needs the TDP MMU"),
 )
 TIERS = ("host", "private", "selftests")     # selftests: the kernel's own, built from the kernel's source
 
 
-def parse_config(spec: str) -> Config:
-    """A named default, or KERNEL[+numaN][+ARGS...]: '7.3+numa2', '7.3+kvm.tdp_mmu=0', 'host'."""
+def parse_config(text: str) -> Config:
+    """A named default, or KERNEL[+numaN][+cpusN][+PARAM=VALUE...]: '7.3+numa2', '7.3+kvm.tdp_mmu=0',
+    'host'. Raises ValueError (SpecError) naming what it cannot take."""
     for c in DEFAULT_CONFIGS:
-        if c.name == spec:
+        if c.name == text:
             return c
-    parts = spec.split("+")
+    parts = text.split("+")
     kernel = parts[0]
-    if not (kernel == "host" or re.fullmatch(r"(\d+\.\d+|newest)(-debug)?", kernel) or os.path.exists(kernel)):
-        raise ValueError(f"configuration {spec!r}: {kernel!r} is neither a known configuration ("
-                         + ", ".join(c.name for c in DEFAULT_CONFIGS) + "), nor host, a version (7.3, 7.3-debug, "
-                         "newest) or a bzImage path; build your own as KERNEL[+numaN][+PARAM=VALUE...]")
-    numa, args = 0, []
+    if not (kernel == HOST or VERSION.fullmatch(kernel) or os.path.isfile(kernel)):
+        raise SpecError(f"configuration {text!r}: {kernel!r} is neither a known configuration ("
+                        + ", ".join(c.name for c in DEFAULT_CONFIGS) + "), nor host, a version (7.3, 7.3-debug, "
+                        "newest) or a bzImage path; build your own as KERNEL[+numaN][+cpusN][+PARAM=VALUE...]")
+    knobs: dict[str, int] = {}
+    args = []
     for p in parts[1:]:
-        m = re.fullmatch(r"numa(\d+)", p)
+        m = re.fullmatch(r"(numa|cpus)(\d+)", p)
         if m:
-            numa = int(m.group(1))
+            knobs[m.group(1)] = int(m.group(2))
         elif "=" in p:
             args.append(p)
         else:
-            raise ValueError(f"configuration {spec!r}: {p!r} is neither numaN nor a PARAM=VALUE")
-    return Config(spec, parts[0], numa, " ".join(args))
+            raise SpecError(f"configuration {text!r}: {p!r} is neither numaN, cpusN nor a PARAM=VALUE")
+    try:
+        spec = BootSpec(kernel, cpus=knobs.get("cpus", 2), numa=knobs.get("numa", 0), kernel_args=" ".join(args))
+        spec.require_test_kernel()
+        return Config(text, spec)
+    except SpecError as e:
+        raise SpecError(f"configuration {text!r}: {e}") from None
 
 
 @dataclass
@@ -101,8 +108,8 @@ class ConfigResult:
 
     def to_json(self) -> dict[str, object]:
         c = self.config
-        return {"name": c.name, "kernel": c.kernel if c.kernel == "host" else self.kernel_release or c.kernel,
-                "kernel_args": c.kernel_args, "numa_nodes": max(c.numa, 1), "totals": self.totals,
+        return {"name": c.name, "kernel": self.kernel_release or c.spec.kernel, "kernel_args": c.spec.kernel_args,
+                "numa_nodes": max(c.spec.numa, 1), "cpus": c.spec.cpus, "totals": self.totals,
                 "outcomes": self.outcomes, "note": c.note,
                 "errors": [t.infra_error for t in self.tiers if t.infra_error]}
 
@@ -138,22 +145,23 @@ def with_tiers(configs: list[Config], tiers: list[str]) -> list[Config]:
     out = []
     for c in configs:
         keep = tuple(t for t in tiers if (t != "private" or "private" in c.tiers) and
-                     (t != "selftests" or c.kernel != "host"))
+                     (t != "selftests" or not c.spec.on_host))
         out.append(replace(c, tiers=keep))
     return [c for c in out if c.tiers]
 
 
 def run_matrix(configs: list[Config], *, selection: list[str] | None = None, keyword: str | None = None,
-               strict: bool = False, jobs: int = 1, resolve: Callable[[str], str | None],
+               strict: bool = False, jobs: int = 1, quiet: bool = False,
                progress: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
                log_dir: str | None = None) -> list[ConfigResult]:
-    """Run every configuration (kernels are resolved, i.e. built, first and one at a time)."""
-    kernels: dict[str, str | None] = {}
+    """Run every configuration (kernels are resolved, i.e. built, first and one at a time). Raises
+    KernelBuildError or SourceError when a kernel cannot be built."""
+    images: dict[str, BootSpec] = {}
     for c in configs:
-        if c.kernel not in kernels:
-            progress(f"kvmffi matrix: kernel {c.kernel}" + ("" if c.kernel == "host" else " (built once, then cached)"))
-            kernels[c.kernel] = None if c.kernel == "host" else resolve(c.kernel)
-    configs = [_fit_to_host(c) if c.kernel == "host" and not selection else c for c in configs]
+        if c.spec.kernel not in images:
+            progress(f"kvmffi matrix: kernel {c.spec.kernel}" + ("" if c.spec.on_host else " (built once, then cached)"))
+            images[c.spec.kernel] = c.spec.resolved(quiet)
+    configs = [_fit_to_host(c) if c.spec.on_host and not selection else c for c in configs]
     if log_dir:
         os.makedirs(log_dir, exist_ok=True)
     results = [ConfigResult(c) for c in configs]
@@ -162,6 +170,7 @@ def run_matrix(configs: list[Config], *, selection: list[str] | None = None, key
 
     def one(r: ConfigResult) -> None:
         c = r.config
+        spec = c.spec.with_kernel(images[c.spec.kernel].kernel)
         sels = [[s] for s in selection] if selection else [[t] for t in c.tiers]
         log = open(os.path.join(log_dir, f"{c.name}.log"), "w") if log_dir else None
         try:
@@ -169,13 +178,11 @@ def run_matrix(configs: list[Config], *, selection: list[str] | None = None, key
                 def echo(line: str) -> None:
                     if log is not None:
                         log.write(line + "\n")
-                    m = re.match(r"^kvmffi: kernel (\S+),", line)
-                    if m:
-                        r.kernel_release = m.group(1)
                 progress(f"kvmffi matrix: {c.name}: {' '.join(sel)} ...")
-                t = run_tier(f"{c.name} {sel[0]}", sel, keyword=keyword, fmt="pretty", strict=strict,
-                             kernel=kernels[c.kernel], echo=echo, numa=c.numa, kernel_args=c.kernel_args)
+                t = run_tier(f"{c.name} {sel[0]}", sel, spec=spec, keyword=keyword, fmt="pretty", strict=strict,
+                             echo=echo)
                 r.tiers.append(t)
+                r.kernel_release = r.kernel_release or t.release
                 progress(f"kvmffi matrix: {c.name}: {t.summary()}")
         finally:
             if log is not None:
@@ -218,13 +225,13 @@ def only_in_some(results: list[ConfigResult]) -> int:
 
 def format_table(results: list[ConfigResult]) -> str:
     selftests = any(tr.name.endswith(" selftests") for r in results for tr in r.tiers)
-    head = (f"{'configuration':<18} {'kernel':<22} {'args / NUMA':<30} pass  fail  skip xfail xpass error"
+    head = (f"{'configuration':<18} {'kernel':<22} {'machine':<30} pass  fail  skip xfail xpass error"
             + ("  selftests" if selftests else ""))
     lines = [head, "-" * len(head)]
     for r in results:
         c, t = r.config, r.totals
-        shape = " ".join(x for x in (c.kernel_args, f"numa={c.numa}" if c.numa > 1 else "") if x) or "-"
-        kernel = os.uname().release if c.kernel == "host" else (r.kernel_release or c.kernel)
+        shape = c.spec.describe() or "-"
+        kernel = r.kernel_release or (os.uname().release if c.spec.on_host else c.spec.kernel)
         st = next((tr for tr in r.tiers if tr.name.endswith(" selftests")), None)
         col = "" if not selftests else "  " + (
             "-" if st is None else "could not run" if st.infra_error or not st.totals else
@@ -264,9 +271,8 @@ def format_ktap(results: list[ConfigResult]) -> str:
     lines = ktap.plan(len(results))
     for i, r in enumerate(results, 1):
         outs = r.outcomes
-        lines += ["    KTAP version 1", f"    # configuration {r.config.name}: kernel {r.kernel_release or r.config.kernel}"
-                  + (f", {r.config.kernel_args}" if r.config.kernel_args else "")
-                  + (f", {r.config.numa} NUMA nodes" if r.config.numa > 1 else ""), f"    1..{len(outs)}"]
+        lines += ["    KTAP version 1", f"    # configuration {r.config.name}: kernel {r.kernel_release or r.config.spec.kernel}"
+                  + (f", {r.config.spec.describe()}" if r.config.spec.describe() else ""), f"    1..{len(outs)}"]
         for j, (name, o) in enumerate(outs.items(), 1):
             lines.append(ktap.result(j, name, o != "failed", {"skipped": "SKIP", "xfailed": "XFAIL"}.get(o, ""),
                                      indent="    "))

@@ -7,7 +7,6 @@ kselftest exit codes for `kvmffi run`: 0 pass, 1 fail, 4 skip (nothing passed, n
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,9 @@ from pathlib import Path
 
 from . import ktap
 from .ktap import KSFT_FAIL, KSFT_PASS, KSFT_SKIP, is_ktap
+from .testkernel.spec import DEFAULT_VERSION, BootSpec
+
+HOST_SPEC = BootSpec()
 
 BISECT_GOOD, BISECT_BAD, BISECT_SKIP = 0, 1, 125
 
@@ -32,6 +34,7 @@ class TierResult:
     fail_names: list[str] = field(default_factory=list)
     infra_error: str = ""
     outcomes: dict[str, str] = field(default_factory=dict)   # test name -> passed/failed/skipped/xfailed/xpassed
+    release: str = ""          # the kernel release the tier ran on
 
     @property
     def ksft(self) -> int:
@@ -112,23 +115,24 @@ def prepare_test_kernel(selection: list[str] | None = None, cwd: str | None = No
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
 
 
-def run_tier(name: str, selection: list[str], *, keyword: str | None = None, fmt: str = "pretty",
-             junit: str | None = None, strict: bool = False, kernel: str | None = None,
-             echo: Callable[[str], None] = print, timeout: float = 1800.0, cpus: int = 2,
-             numa: int = 0, extra_env: dict[str, str] | None = None, kernel_args: str = "") -> TierResult:
-    """Run pytest over ``selection`` (tier names or paths) here (kernel None) or inside ``kernel`` under QEMU,
-    from the current directory (the test kernel sees the host's files). The ``selftests`` tier runs
-    the kernel's own KVM selftests instead (see run_selftests_tier)."""
+def run_tier(name: str, selection: list[str], *, spec: BootSpec = HOST_SPEC, keyword: str | None = None,
+             fmt: str = "pretty", junit: str | None = None, strict: bool = False,
+             echo: Callable[[str], None] = print, timeout: float = 1800.0,
+             extra_env: dict[str, str] | None = None) -> TierResult:
+    """Run pytest over ``selection`` (tier names or paths) on this host (``spec`` host) or inside the
+    test kernel and machine ``spec`` names, from the current directory (the test kernel sees the
+    host's files). The ``selftests`` tier runs the kernel's own KVM selftests instead (see
+    run_selftests_tier)."""
     if is_selftests(selection):
-        return run_selftests_tier(name, selection, kernel=kernel, echo=echo, numa=numa, kernel_args=kernel_args)
+        return run_selftests_tier(name, selection, spec=spec, echo=echo)
     root = os.getcwd()
     env = dict(os.environ, **(extra_env or {}))
     if strict:
         env["KVMFFI_STRICT"] = "1"
     else:
         env.pop("KVMFFI_STRICT", None)
-    if kernel is None:
-        res = TierResult(name, f"this host, {os.uname().release}")
+    if spec.on_host:
+        res = TierResult(name, f"this host, {os.uname().release}", release=os.uname().release)
         with tempfile.TemporaryDirectory(prefix="kvmffi-run-") as tmp:
             ktap = os.path.join(tmp, "result.ktap")
             cmd = [sys.executable, *pytest_args(selection, keyword, fmt, ktap, junit)]
@@ -142,8 +146,8 @@ def run_tier(name: str, selection: list[str], *, keyword: str | None = None, fmt
                 parse_ktap(Path(ktap).read_text(), res)
         return res
 
-    from .testkernel import BootError, boot
-    res = TierResult(name, f"test kernel {kernel}")
+    from .testkernel import BootError
+    res = TierResult(name, f"test kernel {spec.kernel}")
     try:
         prepare_test_kernel(selection, root, env)
     except Exception as e:
@@ -156,10 +160,10 @@ def run_tier(name: str, selection: list[str], *, keyword: str | None = None, fmt
                                             "{out}/junit.xml" if junit else None, lean=True)]
         benv = {"KVMFFI_STRICT": "1" if strict else "0", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", **(extra_env or {})}
         try:
-            r = boot(kernel, cmd, cpus=cpus, timeout=timeout, cwd=str(root), echo=echo, env=benv, results_dir=results,
-                     numa=numa, extra_append=kernel_args)
-            res.pytest_rc = r.returncode
-            res.where += (f" ({r.accel}{f', {numa} NUMA nodes' if numa > 1 else ''}, boot {r.boot_seconds:.1f} s, "
+            r = spec.boot(cmd, timeout=timeout, cwd=str(root), echo=echo, env=benv, results_dir=results)
+            res.pytest_rc, res.release = r.returncode, r.release
+            machine = spec.describe()
+            res.where += (f" ({r.accel}{f', {machine}' if machine else ''}, boot {r.boot_seconds:.1f} s, "
                           f"total {r.seconds:.0f} s)")
         except BootError as e:
             res.infra_error = str(e)
@@ -175,26 +179,26 @@ def is_selftests(selection: list[str]) -> bool:
     return bool(selection) and all(s == SELFTESTS_TIER or s.startswith(SELFTESTS_TIER + "/") for s in selection)
 
 
-def run_selftests_tier(name: str, selection: list[str], *, kernel: str | None, echo: Callable[[str], None] = print,
-                       numa: int = 0, kernel_args: str = "", timeout: float = 120.0) -> TierResult:
+def run_selftests_tier(name: str, selection: list[str], *, spec: BootSpec, echo: Callable[[str], None] = print,
+                       timeout: float = 120.0) -> TierResult:
     """The kernel's own KVM selftests as a tier: built from the source ``kernel`` (a cached image) was
     built from, run inside it, one outcome per selftest (a timeout is a failure), KTAP lines echoed."""
     from .selftests import GUEST_MEMFD_SELFTESTS, build_selftests, ktap_lines, run_selftests
     from .testkernel import BootError
     from .testkernel.build import image_tree
-    res = TierResult(name, f"test kernel {kernel}")
-    if kernel is None:
+    res = TierResult(name, f"test kernel {spec.kernel}")
+    if spec.on_host:
         res.infra_error = "the selftests tier runs in a test kernel: give --kernel VERSION or --tree DIR"
         return res
-    tree = image_tree(kernel)
+    tree = image_tree(str(spec.image()))
     if tree is None:
-        res.infra_error = (f"no source tree is recorded for {kernel}: build it with `kvmffi kernel build` "
+        res.infra_error = (f"no source tree is recorded for {spec.kernel}: build it with `kvmffi kernel build` "
                            "(--version or --source) so its selftests can be built")
         return res
     names = [s.split("/", 1)[1] for s in selection if "/" in s] or list(GUEST_MEMFD_SELFTESTS)
     try:
         binaries = build_selftests(tree, names)
-        results = run_selftests(kernel, binaries, timeout=timeout, kernel_args=kernel_args, numa=numa)
+        results = run_selftests(spec, binaries, timeout=timeout)
     except (BootError, RuntimeError) as e:
         res.infra_error = str(e)
         return res
@@ -211,56 +215,45 @@ def run_selftests_tier(name: str, selection: list[str], *, kernel: str | None, e
 class Tier:
     name: str                 # "host tier", "private tier", "selection", ...
     selection: list[str]      # tier names and/or pytest paths
-    kernel: str | None        # a test kernel image, or None for this host
+    spec: BootSpec            # where: this host, or a test kernel (its image resolved) and machine
 
 
-def resolve_kernel(kernel: str | None, quiet: bool = False) -> str:
-    """--kernel PATH, --kernel VERSION[-debug] (Debian's linux-source-VERSION, built once and cached: 6.12,
-    7.3, newest; -debug adds KASAN, lockdep, ...), or with none the default test kernel (6.12)."""
-    m = re.match(r"^(\d+\.\d+|newest)(-debug)?$", kernel or "")
-    if kernel and (os.path.exists(kernel) or not m):
-        return kernel
-    from .testkernel import build_kernel
-    if m:
-        return str(build_kernel(None, version=m.group(1), debug=bool(m.group(2)), quiet=quiet))
-    return str(build_kernel(None, quiet=quiet))
-
-
-def plan_tiers(selection: list[str], *, kernel: str | None = None, tree: str | None = None,
+def plan_tiers(selection: list[str], spec: BootSpec = HOST_SPEC, *, tree: str | None = None,
                soak: float | None = None, quiet: bool = False) -> tuple[list[Tier], list[str]]:
-    """Which tiers to run and where, and notes on tiers left out: a selection runs as given (here, or
-    in ``kernel`` / a kernel built from ``tree``); with none, every tier this host can run, the private
-    tier in the default test kernel where this host has no private memory."""
+    """Which tiers to run and where, and notes on tiers left out: a selection runs as given (on this
+    host, or in the test kernel of ``spec`` / one built from ``tree``); with none, every tier this host
+    can run, the private tier in the default test kernel where this host has no private memory.
+    Raises KernelBuildError or SourceError when a kernel cannot be built."""
     from .caps import snapshot
     from .suites import TIERS
-    image = resolve_kernel(kernel, quiet) if kernel else None
     if tree:
         from .testkernel import build_kernel
-        image = str(build_kernel(Path(tree), quiet=quiet))
+        spec = spec.with_kernel(str(build_kernel(Path(tree), quiet=quiet)))
+    spec = spec.resolved(quiet)
     if soak:
-        return [Tier("soak", selection or ["private/test_soak.py"], image)], []
+        return [Tier("soak", selection or ["private/test_soak.py"], spec)], []
     if selection:
+        spec.require_test_kernel()
         from .suites import SELFTESTS_TIER
         named = all(s.split("/")[0] in TIERS or s.split("/")[0] == SELFTESTS_TIER for s in selection)
-        return [Tier(f"{selection[0]} tier" if named and len(selection) == 1 else "selection", selection, image)], []
-    if image:
-        return [Tier("host tier", ["host"], image), Tier("private tier", ["private"], image)], []
+        return [Tier(f"{selection[0]} tier" if named and len(selection) == 1 else "selection", selection, spec)], []
+    if not spec.on_host:
+        return [Tier("host tier", ["host"], spec), Tier("private tier", ["private"], spec)], []
     h = snapshot()
     tiers: list[Tier] = []
     notes = []
     if h.kvm_accessible and h.system.get("GUEST_MEMFD", 0) > 0:
-        tiers.append(Tier("host tier", ["host"], None))
+        tiers.append(Tier("host tier", ["host"], spec))
     else:
         notes.append("host tier not run: " + (f"{h.kvm_path} not usable: {h.error}" if not h.kvm_accessible
                                                 else "KVM_CAP_GUEST_MEMFD is 0 on this kernel (needs Linux >= 6.8)"))
     if any(v.private for v in h.per_vm_type):
-        tiers.append(Tier("private tier", ["private"], None))
+        tiers.append(Tier("private tier", ["private"], spec))
     else:
         import shutil
         if shutil.which("qemu-system-x86_64"):
             try:
-                from .testkernel import build_kernel
-                tiers.append(Tier("private tier", ["private"], str(build_kernel(None, quiet=quiet))))
+                tiers.append(Tier("private tier", ["private"], spec.with_kernel(DEFAULT_VERSION).resolved(quiet)))
                 notes.append("private tier runs in the test kernel: this host has no VM type with private memory "
                              f"(KVM_CAP_VM_TYPES={h.vm_types_mask:#x}, KVM_CAP_MEMORY_ATTRIBUTES="
                              f"{h.system.get('MEMORY_ATTRIBUTES', 0):#x})")
@@ -273,8 +266,8 @@ def plan_tiers(selection: list[str], *, kernel: str | None = None, tree: str | N
 
 
 def run_tiers(tiers: list[Tier], *, keyword: str | None = None, fmt: str = "pretty", junit_xml: str | None = None,
-              strict: bool = False, numa: int = 0, kernel_args: str = "", soak: float | None = None,
-              timeout: float = 1800.0, echo: Callable[[str], None] | None = None) -> list[TierResult]:
+              strict: bool = False, soak: float | None = None, timeout: float = 1800.0,
+              echo: Callable[[str], None] | None = None) -> list[TierResult]:
     """Run each tier in turn; with KTAP and several tiers, one KTAP subtest per tier on stdout.
     ``echo`` takes every output line instead (then nothing is printed)."""
     def note(line: str) -> None:
@@ -292,9 +285,9 @@ def run_tiers(tiers: list[Tier], *, keyword: str | None = None, fmt: str = "pret
             base, dot, ext = junit.rpartition(".")
             junit = f"{base}-{t.name.split()[0]}.{ext}" if dot else f"{junit}-{t.name.split()[0]}"
         note(f"kvmffi: {t.name}: {' '.join(t.selection)}" + (f" -k {keyword!r}" if keyword else "")
-             + (f" in test kernel {t.kernel}" if t.kernel else " on this host"))
-        r = run_tier(t.name, t.selection, keyword=keyword, fmt=fmt, junit=junit, strict=strict, kernel=t.kernel,
-                     echo=echo or echo_for(nested, fmt), numa=numa, kernel_args=kernel_args,
+             + (" on this host" if t.spec.on_host else f" in test kernel {t.spec.kernel}"))
+        r = run_tier(t.name, t.selection, spec=t.spec, keyword=keyword, fmt=fmt, junit=junit, strict=strict,
+                     echo=echo or echo_for(nested, fmt),
                      extra_env={"KVMFFI_SOAK": str(soak)} if soak else None,
                      timeout=max(timeout, (soak or 0) + 900))
         results.append(r)

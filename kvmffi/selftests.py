@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .testkernel.spec import BootSpec
+
 # the selftests that exercise guest_memfd, memslots and private memory (x86 paths as in 6.12 and 7.x)
 GUEST_MEMFD_SELFTESTS = ("guest_memfd_test", "set_memory_region_test", "pre_fault_memory_test", "vm_types_test",
                          "x86/private_mem_conversions_test", "x86/private_mem_kvm_exits_test")
@@ -235,15 +237,13 @@ def run_inside(binaries: dict[str, str], timeout: float, jobs: int = 1) -> list[
         return list(ex.map(one, binaries.items()))
 
 
-def run_selftests(image: Path | str, binaries: dict[str, Path], *, timeout: float = DEFAULT_TIMEOUT,
-                  kernel_args: str = "", numa: int = 0, echo: Callable[[str], None] | None = None,
-                  jobs: int = 1) -> list[SelftestResult]:
-    """Boot ``image`` once and run ``binaries`` inside (``jobs`` at once); one result per test.
-    Raises BootError."""
-    from .testkernel import boot
-    spec = json.dumps({"binaries": {n: str(p) for n, p in binaries.items()}, "timeout": timeout, "jobs": jobs})
-    r = boot(image, [sys.executable, "-m", "kvmffi.selftests", spec], timeout=timeout * len(binaries) + 300,
-             extra_append=kernel_args, numa=numa, echo=echo)
+def run_selftests(spec: BootSpec, binaries: dict[str, Path], *, timeout: float = DEFAULT_TIMEOUT,
+                  echo: Callable[[str], None] | None = None, jobs: int = 1) -> list[SelftestResult]:
+    """Boot the test kernel and machine ``spec`` names once and run ``binaries`` inside (``jobs`` at
+    once); one result per test. Raises BootError."""
+    request = json.dumps({"binaries": {n: str(p) for n, p in binaries.items()}, "timeout": timeout, "jobs": jobs})
+    r = spec.boot([sys.executable, "-m", "kvmffi.selftests", request], timeout=timeout * len(binaries) + 300,
+                  echo=echo)
     out = []
     for line in r.output:
         if line.startswith(MARK):

@@ -45,6 +45,7 @@ class BootResult:
     boot_seconds: float = 0.0
     seconds: float = 0.0
     accel: str = ""
+    release: str = ""          # the booted kernel's release (uname -r), as it reported it
 
 
 def host_has_nested_virt() -> bool:
@@ -114,7 +115,7 @@ echo 64 > /proc/sys/vm/nr_hugepages 2>/dev/null
 echo 20 > /proc/sys/kernel/hung_task_timeout_secs 2>/dev/null
 {exports}
 cd {shlex.quote(cwd)} || echo "kvmffi: cannot cd to {cwd} in the test kernel"
-echo {BEGIN}
+echo "{BEGIN} $(uname -r)"
 {" ".join(shlex.quote(c) for c in command)} < /dev/null 2>&1
 echo {EXIT}$?
 sync
@@ -232,6 +233,7 @@ def boot(kernel: Path | str, command: list[str], *, cpus: int = 2, memory: str =
                 if i >= 0:
                     started = True
                     result.boot_seconds = time.monotonic() - t0
+                    result.release = line[i + len(BEGIN):].strip()
                 else:
                     console.append(line)
                     del console[:-200]

@@ -7,6 +7,7 @@ import pytest
 from kvmffi.matrix import (DEFAULT_CONFIGS, Config, ConfigResult, differences, exit_code, format_json, format_ktap,
                            format_table, parse_config, shard)
 from kvmffi.runner import TierResult
+from kvmffi.testkernel.spec import BootSpec, SpecError
 
 KEYS = ("pass", "fail", "xfail", "xpass", "skip", "error")
 
@@ -18,24 +19,30 @@ def _result(name: str, outcomes: dict[str, str], **kw: object) -> ConfigResult:
     t.totals = {k: 0 for k in KEYS}
     for o in outcomes.values():
         t.totals[counts[o]] += 1
-    return ConfigResult(Config(name, **kw), tiers=[t])  # type: ignore[arg-type]
+    return ConfigResult(Config(name, BootSpec(**kw)), tiers=[t])  # type: ignore[arg-type]
 
 
 def test_default_configurations() -> None:
     assert [c.name for c in DEFAULT_CONFIGS] == ["host", "6.12", "7.3", "7.3-numa2", "7.3-tdp-mmu-off",
                                                  "7.3-shadow-mmu"]
     legacy = DEFAULT_CONFIGS[-2]
-    assert legacy.kernel_args == "kvm.tdp_mmu=0" and legacy.tiers == ("host",) and "SW_PROTECTED" in legacy.note
+    assert legacy.spec.kernel_args == "kvm.tdp_mmu=0" and legacy.tiers == ("host",) and "SW_PROTECTED" in legacy.note
     shadow = DEFAULT_CONFIGS[-1]
-    assert "kvm_amd.npt=0" in shadow.kernel_args and shadow.tiers == ("host",) and "SW_PROTECTED" in shadow.note
+    assert "kvm_amd.npt=0" in shadow.spec.kernel_args and shadow.tiers == ("host",) and "SW_PROTECTED" in shadow.note
 
 
 def test_parse_config() -> None:
-    assert parse_config("7.3-numa2").numa == 2
-    c = parse_config("7.3+numa2+kvm.enable_pmu=0")
-    assert (c.kernel, c.numa, c.kernel_args) == ("7.3", 2, "kvm.enable_pmu=0")
-    with pytest.raises(ValueError, match="neither numaN nor a PARAM=VALUE"):
+    assert parse_config("7.3-numa2").spec.numa == 2
+    c = parse_config("7.3+numa2+cpus4+kvm.enable_pmu=0")
+    assert c.spec == BootSpec("7.3", cpus=4, numa=2, kernel_args="kvm.enable_pmu=0")
+    with pytest.raises(SpecError, match="neither numaN, cpusN nor a PARAM=VALUE"):
         parse_config("7.3+bogus")
+    with pytest.raises(SpecError, match="known configuration"):
+        parse_config("bogus")
+    with pytest.raises(SpecError, match=r"configuration '7.3\+numa1': --numa 1: give 0 \(no NUMA\) or 2 or more"):
+        parse_config("7.3+numa1")
+    with pytest.raises(SpecError, match="give --kernel too"):
+        parse_config("host+numa2")
 
 
 def test_shard_slices_the_configurations() -> None:

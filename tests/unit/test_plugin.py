@@ -51,7 +51,7 @@ def test_ktap_report(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch)
     out = pytester.path / "out.ktap"
     pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kvm-no-leak-check", f"--ktap-file={out}")
     lines = out.read_text().splitlines()
-    assert lines[:2] == ["TAP version 13", "1..4"]
+    assert lines[:2] == ["KTAP version 1", "1..4"]
     results = [ln for ln in lines if ln.startswith(("ok ", "not ok "))]
     assert results == [
         "ok 1 test_sample.py::test_pass",
@@ -66,7 +66,7 @@ def test_ktap_report(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch)
 def test_ktap_on_stdout_replaces_the_pytest_report(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_one="def test_a():\n    pass\n")
     r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kvm-no-leak-check", "--ktap")
-    assert r.stdout.lines[:3] == ["TAP version 13", "1..1", "ok 1 test_one.py::test_a"]
+    assert r.stdout.lines[:3] == ["KTAP version 1", "1..1", "ok 1 test_one.py::test_a"]
     assert "passed" not in r.stdout.str()
 
 
