@@ -25,7 +25,8 @@ class GuestBuildError(RuntimeError):
 
 
 def guests_dir() -> Path:
-    """Where the guest sources live: $KVMFFI_GUESTS, else the package's own (kvmffi/guest/src)."""
+    """Where the guest sources live: $KVMFFI_GUESTS, else the copy installed with the package
+    (kvmffi/guests), else the checkout's guests/ (an editable install)."""
     return _guests_dir(os.environ.get("KVMFFI_GUESTS"))
 
 
@@ -33,11 +34,13 @@ def guests_dir() -> Path:
 def _guests_dir(env: str | None) -> Path:
     if env:
         return Path(env)
-    here = Path(__file__).resolve().parent / "src"
-    if (here / "include" / "kvmffi_guest.h").exists():
-        return here
-    raise FileNotFoundError(f"guest sources not found in {here}: reinstall kvmffi, or set KVMFFI_GUESTS to a "
-                            "directory laid out like it (include/, lib/, guest.lds, PROGRAM.c)")
+    package = Path(__file__).resolve().parents[1]
+    candidates = [package / "guests", package.parent / "guests"]
+    for d in candidates:
+        if (d / "include" / "kvmffi_guest.h").exists():
+            return d
+    raise FileNotFoundError(f"guest sources not found in {' or '.join(map(str, candidates))}: reinstall kvmffi, or set "
+                            "KVMFFI_GUESTS to a directory laid out like guests/ (include/, lib/, guest.lds, PROGRAM.c)")
 
 
 _cc_version: dict[str, str] = {}
