@@ -108,7 +108,10 @@ def build_machine(vm_type: VmType, log: KernelLog | None, reported: frozenset[st
     page_counts = st.integers(min_value=0, max_value=MAX_GMEM // PAGE)
     sizes = st.one_of(page_counts.map(lambda n: n * PAGE), st.integers(min_value=0, max_value=MAX_GMEM),
                       st.sampled_from([0, 1, PAGE - 1, -PAGE, 1 << 62, (1 << 63) - PAGE, (1 << 64) - PAGE]))
-    gmem_flags = st.one_of(st.sampled_from([0, 1, 2, 3]), st.integers(min_value=0, max_value=(1 << 64) - 1))
+    # every combination of the flags kvmffi knows (uapi.GuestMemfdFlag), and any 64-bit value
+    known = [int(f) for f in GuestMemfdFlag]
+    combos = sorted({sum(f for i, f in enumerate(known) if n >> i & 1) for n in range(1 << len(known))})
+    gmem_flags = st.one_of(st.sampled_from(combos), st.integers(min_value=0, max_value=(1 << 64) - 1))
     offsets = st.one_of(page_counts.map(lambda n: n * PAGE), st.integers(min_value=0, max_value=MAX_GMEM),
                         st.sampled_from([(1 << 63) - PAGE, (1 << 64) - PAGE, 1 << 40]))
     modes = st.one_of(st.sampled_from([FALLOC_FL_KEEP_SIZE, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, 0,

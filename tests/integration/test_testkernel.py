@@ -39,6 +39,7 @@ def test_command_status_and_output_come_back(kernel) -> None:
     r = boot(kernel, ["sh", "-c", "echo hello from $(uname -r); exit 3"], timeout=120)
     assert r.returncode == 3
     assert any(line.startswith("hello from 6.12.") for line in r.output), r.output  # the default: Debian's 6.12
+    assert f"hello from {r.release}" in r.output  # the release boot() reports is the one that ran the command
 
 
 def test_timeout_is_reported_with_the_console_and_kills_qemu(kernel) -> None:
@@ -59,7 +60,8 @@ def test_kvmffi_vm_exit_codes(kernel) -> None:
     assert subprocess.run(run + ["sh", "-c", "exit 7"], capture_output=True).returncode == 7
     bad = subprocess.run([sys.executable, "-m", "kvmffi", "vm", "--kernel", "/nonexistent", "-q", "--", "true"],
                          capture_output=True, text=True)
-    assert bad.returncode == 125 and "no kernel image at /nonexistent" in bad.stderr
+    # a path that is no file is a bad --kernel value: one line naming it, the usage code
+    assert bad.returncode == 2 and "--kernel /nonexistent: give host, a version" in bad.stderr
 
 
 MOUNT_CHECK = ("for d in /proc /sys /dev /run /run/kvmffi-tmp /run/kvmffi-home /dev/shm /dev/hugepages "
