@@ -1,4 +1,4 @@
-"""Allocation failures inside KVM's ioctls leave nothing half made (CHECKLIST: error paths).
+"""Allocation failures inside KVM's ioctls leave nothing half made (behaviours: error paths).
 
 With the kernel's fault injection (CONFIG_FAULT_INJECTION, FAILSLAB, FAIL_PAGE_ALLOC and
 FAULT_INJECTION_DEBUG_FS: the test kernels have them), ``/proc/thread-self/fail-nth`` = N makes

@@ -1,4 +1,4 @@
-"""KVM_CREATE_GUEST_MEMFD: capabilities, flags, sizes, fstat, file operations (CHECKLIST 1-12)."""
+"""KVM_CREATE_GUEST_MEMFD: capabilities, flags, sizes, fstat, file operations (behaviour 1-12)."""
 
 import errno
 import os
@@ -97,7 +97,7 @@ def test_huge_size_is_lazy(vm) -> None:
 
 @pytest.mark.parametrize("index", range(6))
 def test_nonzero_reserved(vm, index: int) -> None:
-    """CHECKLIST 8: kernels through 7.3 do not check kvm_create_guest_memfd.reserved[] (created);
+    """behaviour 8: kernels through 7.3 do not check kvm_create_guest_memfd.reserved[] (created);
     one that starts checking it answers EINVAL (kvmffi.kernels: gmem_reserved_nonzero)."""
     reserved = tuple(1 if i == index else 0 for i in range(6))
     expect_answer(behaviour("gmem_reserved_nonzero"), f"guest_memfd() with reserved[{index}] = 1",
@@ -139,7 +139,7 @@ def test_read_write_fail(vm, gmem_factory, gmem_flags) -> None:
 
 @pytest.mark.parametrize("new_size", [0, PAGE_SIZE, 8 * PAGE_SIZE])
 def test_not_resizable(vm, gmem_factory, new_size: int) -> None:
-    """CHECKLIST 12 (verify): ftruncate fails with EINVAL for shrink, same size and grow alike."""
+    """behaviour 12 (verify): ftruncate fails with EINVAL for shrink, same size and grow alike."""
     g = gmem_factory(vm, 4 * PAGE_SIZE)
     expect_errno(errno.EINVAL, f"ftruncate(guest_memfd, {new_size:#x})", os.ftruncate, g.fileno(), new_size)
     assert g.stat().st_size == 4 * PAGE_SIZE
@@ -156,7 +156,7 @@ def test_close_is_idempotent_and_fd_is_released(vm) -> None:
 
 
 def test_guest_memfd_outlives_its_vm(kvm: Kvm, vm_type) -> None:
-    """The guest_memfd pins the VM: fallocate and punch work after the VM fd is closed (CHECKLIST 17)."""
+    """The guest_memfd pins the VM: fallocate and punch work after the VM fd is closed (behaviour 17)."""
     vm = kvm.create_vm(vm_type)
     g = vm.create_guest_memfd(SIZE)
     vm.close()

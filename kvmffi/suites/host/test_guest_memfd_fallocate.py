@@ -1,4 +1,4 @@
-"""fallocate and PUNCH_HOLE on a guest_memfd (CHECKLIST 13-16, and that punching frees memory)."""
+"""fallocate and PUNCH_HOLE on a guest_memfd (behaviour 13-16, and that punching frees memory)."""
 
 import errno
 

@@ -1,4 +1,4 @@
-"""mmap of a guest_memfd (CHECKLIST 18-25). Accesses expected to SIGBUS run in a child process."""
+"""mmap of a guest_memfd (behaviour 18-25). Accesses expected to SIGBUS run in a child process."""
 
 import errno
 import mmap
@@ -151,7 +151,7 @@ def _numa_nodes() -> list[int]:
 @pytest.mark.needs_gmem_flags(SHARED)
 @pytest.mark.parametrize("policy", ["interleave", "bind", "default", "invalid"])
 def test_numa_mbind_round_trip(vm, gmem_factory, policy: str) -> None:
-    """CHECKLIST 24: mbind on a guest_memfd mapping round-trips through get_mempolicy (>= 2 NUMA nodes)."""
+    """behaviour 24: mbind on a guest_memfd mapping round-trips through get_mempolicy (>= 2 NUMA nodes)."""
     nodes = _numa_nodes()
     if len(nodes) < 2:
         pytest.skip(f"needs >= 2 NUMA nodes, this machine has {len(nodes)} (a topology fact, not a kernel capability)")
@@ -173,7 +173,7 @@ def test_numa_mbind_round_trip(vm, gmem_factory, policy: str) -> None:
 @pytest.mark.numa
 @pytest.mark.needs_gmem_flags(SHARED)
 def test_numa_policy_decides_node(vm, gmem_factory) -> None:
-    """CHECKLIST 25: a BIND policy set before allocation decides where each page lands; one set after
+    """behaviour 25: a BIND policy set before allocation decides where each page lands; one set after
     allocation moves nothing until the pages are punched and allocated again (>= 2 NUMA nodes)."""
     nodes = _numa_nodes()
     if len(nodes) < 2:
@@ -205,7 +205,7 @@ def test_numa_policy_decides_node(vm, gmem_factory) -> None:
 
 @pytest.mark.needs_gmem_flags(MMAP)
 def test_host_access_to_private_memory_raises_instead_of_killing(vm, gmem_factory) -> None:
-    """CHECKLIST 77: the host touching private guest_memfd memory through kvmffi's mapping gets
+    """behaviour 77: the host touching private guest_memfd memory through kvmffi's mapping gets
     HostMemoryFault (EFAULT, with the offset) and the test process lives on; the same access done
     directly is SIGBUS (the test above, in a child)."""
     need_guard()

@@ -1,4 +1,4 @@
-"""Guest and host share memory: guest_memfd in place, punched pages, backings, several vCPUs (CHECKLIST 26)."""
+"""Guest and host share memory: guest_memfd in place, punched pages, backings, several vCPUs (behaviour 26)."""
 
 import pytest
 
@@ -42,7 +42,7 @@ def test_host_and_guest_share_guest_memfd_in_place(kvm: Kvm, vm_type) -> None:
 @pytest.mark.needs_gmem_flags(SHARED)
 @pytest.mark.kernel_bug("pvm_gmem_only_slot_not_served")
 def test_guest_memfd_in_place_with_no_userspace_addr(kvm: Kvm, vm_type) -> None:
-    """CHECKLIST 26: slot != 0 at 4 GiB with userspace_addr = 0; a fresh mapping sees the guest's writes.
+    """behaviour 26: slot != 0 at 4 GiB with userspace_addr = 0; a fresh mapping sees the guest's writes.
 
     KVM serves such a "guest_memfd only" slot (MMAP|INIT_SHARED) from the file itself
     (upstream: 6.18 and 7.3). kvm_pvm does not: the guest's first access is a KVM_EXIT_MMIO

@@ -1,4 +1,4 @@
-"""What KVM charges to the VMM's memory cgroup, and what happens at its limit (CHECKLIST: accounting).
+"""What KVM charges to the VMM's memory cgroup, and what happens at its limit (behaviours: accounting).
 
 Each test runs a VMM (a Python child using kvmffi) inside a fresh cgroup v2 with the memory
 controller and reads memory.current and memory.stat around its calls: guest_memfd's pages are page cache of the

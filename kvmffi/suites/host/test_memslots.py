@@ -1,4 +1,4 @@
-"""KVM_SET_USER_MEMORY_REGION2 with guest_memfd (CHECKLIST 27-35).
+"""KVM_SET_USER_MEMORY_REGION2 with guest_memfd (behaviour 27-35).
 
 This kernel lets DEFAULT VMs bind guest_memfd, so these run on the host tier.
 """
@@ -47,7 +47,7 @@ def test_unknown_flag_bits_fail_on_both_ioctls(vm: Vm, host_mem) -> None:
 
 
 def test_wrong_fds_fail(vm: Vm, host_mem) -> None:
-    """The guest_memfd fd must be this VM's guest_memfd (CHECKLIST 28); a closed fd is EBADF."""
+    """The guest_memfd fd must be this VM's guest_memfd (behaviour 28); a closed fd is EBADF."""
     with not_this_vms_guest_memfds(vm, TEST_SIZE) as fds:
         for what, fd in fds:
             expect_errno(errno.EINVAL, f"binding {what} as guest_memfd",
@@ -67,7 +67,7 @@ def test_unaligned_gmem_offset_fails(vm: Vm, gmem, host_mem, offset: int) -> Non
 
 @pytest.mark.parametrize("offset,size", [(PAGE_SIZE, 4 * MiB), (4 * MiB, PAGE_SIZE), (4 * MiB - PAGE_SIZE, 2 * PAGE_SIZE)])
 def test_binding_beyond_gmem_size_fails(vm: Vm, gmem, host_mem, offset: int, size: int) -> None:
-    """CHECKLIST 30 (verify): offset + size > i_size is EINVAL (the kernel's answer)."""
+    """behaviour 30 (verify): offset + size > i_size is EINVAL (the kernel's answer)."""
     expect_errno(errno.EINVAL, f"binding [{offset:#x}, {offset + size:#x}) of a 4 MiB guest_memfd",
                  vm.set_user_memory_region2, 0, TEST_GPA, size, host_mem.addr, GMEM, gmem, offset)
     # the last page exactly is fine
@@ -96,7 +96,7 @@ def test_binding_at_wrapping_offset_fails(vm: Vm, gmem) -> None:
 
 
 def test_overlapping_gmem_ranges_with_disjoint_gpas(vm: Vm, gmem, host_mem) -> None:
-    """CHECKLIST 31, cause 1: a second slot binding an already-bound gmem range is refused, whether
+    """behaviour 31, cause 1: a second slot binding an already-bound gmem range is refused, whether
     the overlap is total or partial: EINVAL through 6.18, EEXIST from 7.2 on (kvmffi.kernels:
     gmem_range_already_bound)."""
     b = behaviour("gmem_range_already_bound")
@@ -109,7 +109,7 @@ def test_overlapping_gmem_ranges_with_disjoint_gpas(vm: Vm, gmem, host_mem) -> N
 
 
 def test_overlapping_gpas_with_disjoint_gmem_ranges(vm: Vm, gmem, host_mem) -> None:
-    """CHECKLIST 31, cause 2: overlapping GPAs are EEXIST (the memslot check), gmem ranges disjoint."""
+    """behaviour 31, cause 2: overlapping GPAs are EEXIST (the memslot check), gmem ranges disjoint."""
     vm.set_user_memory_region2(0, TEST_GPA, MiB, host_mem.addr, GMEM, gmem, 0)
     expect_errno(errno.EEXIST, "same GPA, disjoint gmem range",
                  vm.set_user_memory_region2, 1, TEST_GPA, MiB, host_mem.addr + MiB, GMEM, gmem, MiB)
@@ -130,7 +130,7 @@ def test_non_overlapping_bindings_and_rebind_after_delete(vm: Vm, gmem, host_mem
 
 @pytest.mark.parametrize("flag", [MemslotFlag.LOG_DIRTY_PAGES, MemslotFlag.READONLY], ids=lambda f: f.name)
 def test_guest_memfd_with_dirty_log_or_readonly_fails(vm: Vm, gmem, host_mem, flag: MemslotFlag) -> None:
-    """CHECKLIST 32, 33: LOG_DIRTY_PAGES or READONLY with GUEST_MEMFD is EINVAL."""
+    """behaviour 32, 33: LOG_DIRTY_PAGES or READONLY with GUEST_MEMFD is EINVAL."""
     expect_errno(errno.EINVAL, f"KVM_MEM_GUEST_MEMFD|{flag.name}",
                  vm.set_user_memory_region2, 0, TEST_GPA, MiB, host_mem.addr, GMEM | flag, gmem, 0)
     # the same flag without guest_memfd is fine on this kernel
@@ -138,7 +138,7 @@ def test_guest_memfd_with_dirty_log_or_readonly_fails(vm: Vm, gmem, host_mem, fl
 
 
 def test_guest_memfd_ness_cannot_change(vm: Vm, gmem, host_mem) -> None:
-    """CHECKLIST 34: flipping KVM_MEM_GUEST_MEMFD on an existing slot is EINVAL, both ways."""
+    """behaviour 34: flipping KVM_MEM_GUEST_MEMFD on an existing slot is EINVAL, both ways."""
     vm.set_user_memory_region2(0, TEST_GPA, MiB, host_mem.addr, GMEM, gmem, 0)
     expect_errno(errno.EINVAL, "dropping GUEST_MEMFD from slot 0",
                  vm.set_user_memory_region2, 0, TEST_GPA, MiB, host_mem.addr, 0)
@@ -148,7 +148,7 @@ def test_guest_memfd_ness_cannot_change(vm: Vm, gmem, host_mem) -> None:
 
 
 def test_max_memslots(kvm: Kvm, vm: Vm) -> None:
-    """CHECKLIST 35: KVM_CAP_NR_MEMSLOTS slots can be added (per address space); one more is EINVAL."""
+    """behaviour 35: KVM_CAP_NR_MEMSLOTS slots can be added (per address space); one more is EINVAL."""
     n = kvm.check_extension(Cap.NR_MEMSLOTS)
     assert n > 0
     assert vm.check_extension(Cap.NR_MEMSLOTS) == n

@@ -1,4 +1,4 @@
-"""Operations KVM must serialize, run at the same time in loops (CHECKLIST: races).
+"""Operations KVM must serialize, run at the same time in loops (behaviours: races).
 
 Each round starts both operations together (a barrier), and checks what both answered and what is
 left; a kernel that gets the serialization wrong mostly shows it in its log (KASAN, lockdep, a

@@ -1,4 +1,4 @@
-"""VM-level behaviour: running with no memory, memory attributes on a VM without them (CHECKLIST 36, 39)."""
+"""VM-level behaviour: running with no memory, memory attributes on a VM without them (behaviour 36, 39)."""
 
 import errno
 
@@ -9,7 +9,7 @@ KVM_INTERNAL_ERROR_EMULATION = 1
 
 
 def test_run_with_no_memslots(vm: Vm) -> None:
-    """CHECKLIST 36: KVM_RUN with zero memslots exits with KVM_EXIT_INTERNAL_ERROR (emulation failure
+    """behaviour 36: KVM_RUN with zero memslots exits with KVM_EXIT_INTERNAL_ERROR (emulation failure
     at the reset vector), after KVM_SET_NR_MMU_PAGES as the selftests do: without it a shadow MMU
     (kvm_pvm's, or upstream's with tdp_mmu=0) has no pages and fails KVM_RUN with ENOSPC instead.
     Measured: 6.18 kvm_pvm, 6.12 and 7.3 (kvm_amd, nested).
@@ -32,7 +32,7 @@ def test_run_with_no_memory_at_reset_vector_is_internal_error(vm: Vm) -> None:
 
 
 def test_set_memory_attributes_private_on_default_vm(kvm: Kvm) -> None:
-    """CHECKLIST 39: a DEFAULT VM cannot have private memory.
+    """behaviour 39: a DEFAULT VM cannot have private memory.
 
     Where the kernel has no memory attributes at all (KVM_CAP_MEMORY_ATTRIBUTES = 0 on
     /dev/kvm, as on this host) the ioctl does not exist: ENOTTY. Where it exists, a DEFAULT

@@ -1,4 +1,4 @@
-"""KVM_SET_MEMORY_ATTRIBUTES on a VM with private memory (CHECKLIST 37-41)."""
+"""KVM_SET_MEMORY_ATTRIBUTES on a VM with private memory (behaviour 37-41)."""
 
 import errno
 
@@ -14,7 +14,7 @@ GPA = 1 << 32
 
 
 def test_cap_reports_private_per_vm_type(kvm: Kvm, vm: Vm) -> None:
-    """CHECKLIST 37: PRIVATE (bit 3) on a private VM fd and system-wide; 0 on a DEFAULT VM fd."""
+    """behaviour 37: PRIVATE (bit 3) on a private VM fd and system-wide; 0 on a DEFAULT VM fd."""
     assert vm.check_extension(Cap.MEMORY_ATTRIBUTES) == MemoryAttribute.PRIVATE
     assert kvm.check_extension(Cap.MEMORY_ATTRIBUTES) & MemoryAttribute.PRIVATE
     with kvm.create_vm(VmType.DEFAULT) as default:
@@ -33,19 +33,19 @@ BAD = [
 
 @pytest.mark.parametrize("what,args", BAD, ids=[b[0] for b in BAD])
 def test_invalid_attributes_fail(vm: Vm, what: str, args: dict) -> None:
-    """CHECKLIST 38: every malformed request is EINVAL."""
+    """behaviour 38: every malformed request is EINVAL."""
     expect_errno(errno.EINVAL, f"KVM_SET_MEMORY_ATTRIBUTES with {what}", vm.set_memory_attributes, **args)
 
 
 def test_private_on_default_vm_fails_here(kvm: Kvm) -> None:
-    """CHECKLIST 39 where the ioctl exists: a DEFAULT VM supports no attributes, EINVAL."""
+    """behaviour 39 where the ioctl exists: a DEFAULT VM supports no attributes, EINVAL."""
     with kvm.create_vm(VmType.DEFAULT) as default:
         expect_errno(errno.EINVAL, "PRIVATE on a DEFAULT VM", default.set_memory_attributes, GPA, PAGE,
                      MemoryAttribute.PRIVATE)
 
 
 def test_attributes_need_no_memslot(vm: Vm) -> None:
-    """CHECKLIST 40 (verify): attributes are per GPA: setting them where no memslot exists succeeds."""
+    """behaviour 40 (verify): attributes are per GPA: setting them where no memslot exists succeeds."""
     assert vm.memslots == {}
     vm.set_private(GPA, 16 * PAGE)
     vm.set_private(1 << 40, 2 << 20)
@@ -53,7 +53,7 @@ def test_attributes_need_no_memslot(vm: Vm) -> None:
 
 
 def test_setting_attributes_is_idempotent(vm: Vm) -> None:
-    """CHECKLIST 41: the same request twice succeeds twice, in both directions."""
+    """behaviour 41: the same request twice succeeds twice, in both directions."""
     for _ in range(2):
         vm.set_private(GPA, 4 * PAGE)
     for _ in range(2):

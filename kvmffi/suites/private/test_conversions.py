@@ -1,4 +1,4 @@
-"""Explicit private <-> shared conversion (x86/private_mem_conversions_test; CHECKLIST 44-53)."""
+"""Explicit private <-> shared conversion (x86/private_mem_conversions_test; behaviour 44-53)."""
 
 import pytest
 
@@ -53,6 +53,6 @@ def test_conversions_vcpus_and_memslots(kvm: Kvm, vm_type, nr_vcpus: int, nr_mem
 
 @pytest.mark.parametrize("backing", ["memfd", "thp", "hugetlb"])
 def test_conversions_shared_backing(kvm: Kvm, vm_type, backing: str) -> None:
-    """The shared half backed by shmem, THP or 2 MiB hugetlb (CHECKLIST 53)."""
+    """The shared half backed by shmem, THP or 2 MiB hugetlb (behaviour 53)."""
     conv = run_conversions(kvm, vm_type, use_hypercall=True, fallocate=False, shared_backing=backing)
     assert conv.ranges_done == {0: list(range(N_RANGES))}

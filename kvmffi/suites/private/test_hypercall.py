@@ -1,4 +1,4 @@
-"""KVM_HC_MAP_GPA_RANGE reaching userspace, and what the guest sees (CHECKLIST 44-46)."""
+"""KVM_HC_MAP_GPA_RANGE reaching userspace, and what the guest sees (behaviour 44-46)."""
 
 import pytest
 
@@ -12,7 +12,7 @@ KVM_ENOSYS = 1000
 
 
 def test_map_gpa_range_exit_fields(kvm: Kvm, vm_type) -> None:
-    """CHECKLIST 44: nr=12, args[0]=gpa, args[1]=npages, args[2]=attributes, long mode flag set, and
+    """behaviour 44: nr=12, args[0]=gpa, args[1]=npages, args[2]=attributes, long mode flag set, and
     run->hypercall.ret 0 as KVM leaves it."""
     exits = run_map_gpa_range(kvm, vm_type).exits
     assert [(e.nr, e.args[:3], e.longmode, e.ret) for e in exits] == [(12, (TEST_GPA, 1, 0), True, 0)]
@@ -30,7 +30,7 @@ def test_hypercall_ret_is_zero_at_the_exit_after_a_hypercall_kvm_answered(kvm: K
 
 
 def test_guest_sees_hypercall_ret(kvm: Kvm, vm_type) -> None:
-    """CHECKLIST 45: run->hypercall.ret is the guest's RAX, including a negative errno."""
+    """behaviour 45: run->hypercall.ret is the guest's RAX, including a negative errno."""
     seen = run_map_gpa_range(kvm, vm_type, ret=0x77).seen
     assert seen == [0x77]
     seen = run_map_gpa_range(kvm, vm_type, ret=-22).seen
@@ -38,7 +38,7 @@ def test_guest_sees_hypercall_ret(kvm: Kvm, vm_type) -> None:
 
 
 def test_without_exit_hypercall_the_guest_gets_enosys(kvm: Kvm, vm_type) -> None:
-    """CHECKLIST 46 (verify): without KVM_CAP_EXIT_HYPERCALL, no exit; the guest gets -KVM_ENOSYS (-1000)."""
+    """behaviour 46 (verify): without KVM_CAP_EXIT_HYPERCALL, no exit; the guest gets -KVM_ENOSYS (-1000)."""
     r = run_map_gpa_range(kvm, vm_type, enable=False)
     assert r.exits == []
     assert r.seen == [(1 << 64) - KVM_ENOSYS]

@@ -1,4 +1,4 @@
-"""Memory-fault exits for private GPAs (x86/private_mem_kvm_exits_test; CHECKLIST 42, 43, 54)."""
+"""Memory-fault exits for private GPAs (x86/private_mem_kvm_exits_test; behaviour 42, 43, 54)."""
 
 import errno
 import threading
@@ -15,7 +15,7 @@ PAGE = 4096
 
 
 def test_private_gpa_in_slot_without_guest_memfd(kvm: Kvm, vm_type) -> None:
-    """CHECKLIST 42: KVM_RUN -1/EFAULT with KVM_EXIT_MEMORY_FAULT, flags PRIVATE, the page's gpa and size."""
+    """behaviour 42: KVM_RUN -1/EFAULT with KVM_EXIT_MEMORY_FAULT, flags PRIVATE, the page's gpa and size."""
     with TestVm("read_loop", kvm=kvm, vm_type=vm_type) as t:
         t.add_memory(TEST_GPA, 2 << 20, "anon")
         assert t.vm is not None
@@ -27,7 +27,7 @@ def test_private_gpa_in_slot_without_guest_memfd(kvm: Kvm, vm_type) -> None:
 
 
 def test_memslot_deleted_while_guest_reads_private_memory(kvm: Kvm, vm_type) -> None:
-    """CHECKLIST 43: delete the guest_memfd slot under a vCPU reading private memory: memory-fault exit."""
+    """behaviour 43: delete the guest_memfd slot under a vCPU reading private memory: memory-fault exit."""
     with TestVm("read_loop", kvm=kvm, vm_type=vm_type, timeout=60) as t:
         mem = t.add_memory(TEST_GPA, 2 << 20, "gmem")
         assert t.vm is not None
@@ -58,7 +58,7 @@ def test_memslot_deleted_while_guest_reads_private_memory(kvm: Kvm, vm_type) -> 
 
 
 def test_access_outside_guest_page_tables_faults(kvm: Kvm, vm_type) -> None:
-    """CHECKLIST 54: only mapped pages are reachable: one past the test memory is a guest #PF."""
+    """behaviour 54: only mapped pages are reachable: one past the test memory is a guest #PF."""
     with TestVm("read_loop", kvm=kvm, vm_type=vm_type) as t:
         t.add_memory(TEST_GPA, 2 << 20, "gmem")
         t.set_param("test_gpa", TEST_GPA + (2 << 20))

@@ -1,4 +1,4 @@
-"""KVM's own metadata for private memory is charged to the VMM's memory cgroup (CHECKLIST: accounting).
+"""KVM's own metadata for private memory is charged to the VMM's memory cgroup (behaviours: accounting).
 
 KVM_SET_MEMORY_ATTRIBUTES keeps one xarray entry per 4 KiB page (virt/kvm/kvm_main.c
 kvm_vm_set_mem_attributes; the xarray is XA_FLAGS_ACCOUNT and its nodes are allocated with

@@ -1,4 +1,4 @@
-"""KVM_PRE_FAULT_MEMORY (pre_fault_memory_test; CHECKLIST 55-60).
+"""KVM_PRE_FAULT_MEMORY (pre_fault_memory_test; behaviour 55-60).
 
 Runs on every VM type of the test kernel: DEFAULT with anonymous memory (55-59) and
 the private type with a private guest_memfd slot (60).
@@ -107,13 +107,13 @@ def recreate(t, mem) -> None:
 
 
 def test_pre_fault_2m_completes(pf_vm) -> None:
-    """CHECKLIST 55, 60: (gpa, 2M) completes: size comes back 0, gpa advanced by 2 MiB."""
+    """behaviour 55, 60: (gpa, 2M) completes: size comes back 0, gpa advanced by 2 MiB."""
     v = pf_vm.vcpus[0]
     assert pre_fault_all(v, TEST_GPA, 2 * MiB) == (TEST_GPA + 2 * MiB, 0)
 
 
 def test_pre_fault_crossing_slot_end_is_partial_then_enoent(pf_vm) -> None:
-    """CHECKLIST 56: a range crossing the end of the slot progresses to the end, then ENOENT with the rest."""
+    """behaviour 56: a range crossing the end of the slot progresses to the end, then ENOENT with the rest."""
     v = pf_vm.vcpus[0]
     gpa = TEST_GPA + SLOT_SIZE - 2 * MiB
     with pytest.raises(KvmError) as ei:
@@ -125,7 +125,7 @@ def test_pre_fault_crossing_slot_end_is_partial_then_enoent(pf_vm) -> None:
 @pytest.mark.parametrize("gpa,size,what", [(TEST_GPA, 0, "size 0"), (TEST_GPA + 1, PAGE, "unaligned gpa"),
                                            (TEST_GPA, PAGE + 1, "unaligned size")])
 def test_pre_fault_invalid(pf_vm, gpa: int, size: int, what: str) -> None:
-    """CHECKLIST 57: EINVAL (the kernel's answer for size 0 and unaligned values)."""
+    """behaviour 57: EINVAL (the kernel's answer for size 0 and unaligned values)."""
     expect_errno(errno.EINVAL, f"KVM_PRE_FAULT_MEMORY with {what}", pf_vm.vcpus[0].pre_fault_memory, gpa, size)
 
 
@@ -135,7 +135,7 @@ def test_pre_fault_unknown_flags(pf_vm) -> None:
 
 
 def test_pre_fault_with_racing_memslot_delete(pf_vm) -> None:
-    """CHECKLIST 58, 59: while another thread deletes and recreates the slot, pre-faulting converges.
+    """behaviour 58, 59: while another thread deletes and recreates the slot, pre-faulting converges.
 
     A kicker signals the pre-faulting thread every few ms, as a VMM's timer would: each
     call either makes progress or fails with ENOENT (slot gone) / EAGAIN / EINTR, never

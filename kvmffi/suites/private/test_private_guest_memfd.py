@@ -1,4 +1,4 @@
-"""guest_memfd on a VM type with private memory (CHECKLIST 81)."""
+"""guest_memfd on a VM type with private memory (behaviour 81)."""
 
 import errno
 import signal
