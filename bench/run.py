@@ -38,7 +38,7 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from kvmffi import Kvm, _ffi  # noqa: E402
+from kvmffi import Kvm, _ffi, _ioctls  # noqa: E402
 from kvmffi.testvm import TestVm  # noqa: E402
 
 
@@ -53,8 +53,8 @@ def write_state(kvm: Kvm, path: Path, iterations: int) -> None:
     with TestVm("sync_loop", kvm=kvm) as t:
         t.set_param("iterations", iterations)
         v = t.vcpus[0]
-        _, _, sregs = _ffi.ioctl_bytes(v.fileno(), _ffi.KVM_GET_SREGS, "struct kvm_sregs")
-        _, _, regs = _ffi.ioctl_bytes(v.fileno(), _ffi.KVM_GET_REGS, "struct kvm_regs")
+        _, _, sregs = _ffi.ioctl_bytes(v.fileno(), _ioctls.KVM_GET_SREGS, "struct kvm_sregs")
+        _, _, regs = _ffi.ioctl_bytes(v.fileno(), _ioctls.KVM_GET_REGS, "struct kvm_regs")
         assert t.low is not None
         a = t.abi
         path.write_bytes(struct.pack("<4Q", t.low_size, a.port, a.sync, a.done) + sregs + regs
@@ -83,7 +83,7 @@ def py_bare(kvm: Kvm, iterations: int) -> float:
         t.set_param("iterations", iterations)
         v = t.vcpus[0]
         v.run()
-        fd, ioctl, run = v.fileno(), fcntl.ioctl, _ffi.KVM_RUN
+        fd, ioctl, run = v.fileno(), fcntl.ioctl, _ioctls.KVM_RUN
         t0 = time.perf_counter()
         for _ in range(iterations - 1):
             ioctl(fd, run, 0)

@@ -1,7 +1,7 @@
 """The raw layer's libc half: the system calls kvmffi needs beside KVM's ioctls (fallocate with any
 64-bit pattern, mmap without Python's size check, process_vm_readv/writev for guarded access,
-the NUMA calls, prctl). Like ``_ffi``, it is the only place these touch cffi: every function
-takes and returns ints, bytes and memoryviews."""
+the NUMA calls, prctl). Like the KVM half (``_cdef``, ``_ioctls``, ``_structs``, ``_run``, ``_ffi``),
+it is the only place these touch cffi: every function takes and returns ints, bytes and memoryviews."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _ffi
+from . import _cdef, _ioctls
 from .uapi import Cap, ExitReason, GuestMemfdFlag, MemoryAttribute, MemoryFaultFlag, MemslotFlag, VmType
 
 
@@ -69,7 +69,7 @@ class HeaderCheck:
 
 def _program() -> str:
     lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <linux/kvm.h>", "int main(void) {"]
-    for name in sorted(_ffi.IOCTL_NAMES.values()):
+    for name in sorted(_ioctls.IOCTL_NAMES.values()):
         lines += [f"#ifdef {name}", f'  printf("ioctl {name} %lu\\n", (unsigned long){name});', "#endif"]
     for name in sorted(uapi_constants()):
         lines += [f"#ifdef {name}", f'  printf("const {name} %llu\\n", (unsigned long long)({name}));', "#endif"]
@@ -106,18 +106,18 @@ def check(include_dir: str | Path, cc: str = "gcc") -> HeaderCheck:
         kind, name, value = line.split()
         v = int(value)
         if kind == "ioctl":
-            ours = getattr(_ffi, name)
+            ours = getattr(_ioctls, name)
         elif kind == "const":
             ours = consts[name]
         elif kind == "size":
-            ours = _ffi.sizeof(f"struct {name}")
+            ours = _cdef.sizeof(f"struct {name}")
         else:
             struct, fld = name.split(".")
-            ours = _ffi.offsetof(f"struct {struct}", fld)
+            ours = _cdef.offsetof(f"struct {struct}", fld)
         seen.add(name)
         (res.matched if ours == v else res.mismatched).append(
             f"{kind} {name} = {v:#x}" if ours == v else f"{kind} {name}: headers {v:#x}, kvmffi {ours:#x}")
-    for name in sorted(_ffi.IOCTL_NAMES.values()):
+    for name in sorted(_ioctls.IOCTL_NAMES.values()):
         if name not in seen:
             res.absent.append(f"ioctl {name}")
     for name in sorted(consts):

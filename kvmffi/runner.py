@@ -101,7 +101,7 @@ def prepare_test_kernel(selection: list[str] | None = None, cwd: str | None = No
     Raises GuestBuildError if a guest program does not build."""
     import compileall
 
-    from . import _ffi, _libc  # noqa: F401  (their cffi declarations land in the cache, then compiled)
+    from . import _cdef, _libc  # noqa: F401  (their cffi declarations land in the cache, then compiled)
     from .cache import cache_dir
     from .guest.build import build_all
     build_all()

@@ -6,7 +6,7 @@ import errno as _errno
 import os
 from functools import cached_property
 
-from . import _ffi
+from . import _ffi, _ioctls
 from ._fd import FdOwner
 from .errors import KvmError
 from .uapi import Cap, VmType
@@ -46,11 +46,11 @@ class Kvm(FdOwner):
     @cached_property
     def api_version(self) -> int:
         """KVM_GET_API_VERSION (always 12 on a stable kernel)."""
-        return self._ioctl("KVM_GET_API_VERSION", _ffi.KVM_GET_API_VERSION)
+        return self._ioctl("KVM_GET_API_VERSION", _ioctls.KVM_GET_API_VERSION)
 
     def check_extension(self, cap: Cap | int) -> int:
         """KVM_CHECK_EXTENSION on /dev/kvm (the system-wide answer)."""
-        ret, err = _ffi.ioctl_int(self.fileno(), _ffi.KVM_CHECK_EXTENSION, int(cap))
+        ret, err = _ffi.ioctl_int(self.fileno(), _ioctls.KVM_CHECK_EXTENSION, int(cap))
         if ret < 0:
             raise KvmError("KVM_CHECK_EXTENSION", err, {"cap": cap})
         return ret
@@ -61,7 +61,7 @@ class Kvm(FdOwner):
     @cached_property
     def vcpu_mmap_size(self) -> int:
         """KVM_GET_VCPU_MMAP_SIZE: bytes to mmap from a vCPU fd (kvm_run and what follows)."""
-        return self._ioctl("KVM_GET_VCPU_MMAP_SIZE", _ffi.KVM_GET_VCPU_MMAP_SIZE)
+        return self._ioctl("KVM_GET_VCPU_MMAP_SIZE", _ioctls.KVM_GET_VCPU_MMAP_SIZE)
 
     @cached_property
     def supported_cpuid(self) -> list[tuple[int, ...]]:
@@ -86,7 +86,7 @@ class Kvm(FdOwner):
     def create_vm(self, vm_type: VmType | int = VmType.DEFAULT) -> Vm:
         """KVM_CREATE_VM (retried on EINTR, at most 100 times in a row). The Vm is a context manager."""
         for _ in range(100):  # bounded: a kernel that only ever answers EINTR fails instead of hanging
-            ret, err = _ffi.ioctl_int(self.fileno(), _ffi.KVM_CREATE_VM, int(vm_type))
+            ret, err = _ffi.ioctl_int(self.fileno(), _ioctls.KVM_CREATE_VM, int(vm_type))
             if ret >= 0 or err != _errno.EINTR:
                 break
         if ret < 0:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
-from . import _ffi
+from . import _ffi, _ioctls, _run, _structs
 from ._fd import FdOwner
 from .exits import (Exit, FailEntryExit, HltExit, HypercallExit, InternalErrorExit, IntrExit, IoExit, MemoryFaultExit,
                     MmioExit, OtherExit, ShutdownExit, SystemEventExit)
@@ -130,11 +130,11 @@ class Vcpu(FdOwner):
         super().__init__(fd)
         self.id = vcpu_id
         self.vm = vm
-        self._view: _ffi.RunView | None = None
-        self._view = _ffi.RunView(mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE))
+        self._view: _run.RunView | None = None
+        self._view = _run.RunView(mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE))
         self._run_mm = self._view.mm
         self._unpack_reg = struct.Struct("<Q").unpack_from
-        self._read_reg = _ffi.reg_reader(fd)
+        self._read_reg = _structs.reg_reader(fd)
         self.thread_id: int | None = None  # the thread that last entered KVM_RUN, for the watchdog
         # KVM_CAP_SYNC_REGS: KVM stores the registers in kvm_run at every exit, so reading one after
         # an exit needs no KVM_GET_REGS. They are fresh from an exit until userspace sets registers.
@@ -195,7 +195,7 @@ class Vcpu(FdOwner):
         self._sync_regs = bool(on)
         self._regs_fresh = False
 
-    def _live_view(self) -> _ffi.RunView:
+    def _live_view(self) -> _run.RunView:
         if self._view is None:
             raise ValueError("Vcpu is closed")
         return self._view
@@ -220,7 +220,7 @@ class Vcpu(FdOwner):
     # -- registers ----------------------------------------------------------
     def get_regs(self) -> Regs:
         """KVM_GET_REGS."""
-        err, values = _ffi.get_regs(self.fileno())
+        err, values = _structs.get_regs(self.fileno())
         if err:
             raise self.vm._error("KVM_GET_REGS", err, {"vcpu": self.id})
         return Regs(*values)
@@ -230,7 +230,7 @@ class Vcpu(FdOwner):
         (KVM_CAP_SYNC_REGS), else KVM_GET_REGS into a reused buffer. The run loop's fast path."""
         try:
             if self._regs_fresh:  # KVM stored them in kvm_run at the last exit
-                return self._unpack_reg(self._run_mm, _ffi.SYNC_REG_OFFSETS[name])[0]  # type: ignore[no-any-return]
+                return self._unpack_reg(self._run_mm, _run.SYNC_REG_OFFSETS[name])[0]  # type: ignore[no-any-return]
             return self._read_reg(name)  # type: ignore[no-any-return]
         except KeyError:
             raise TypeError(f"no register {name!r}; kvm_regs has {', '.join(_REG_NAMES)}") from None
@@ -246,13 +246,13 @@ class Vcpu(FdOwner):
                 raise TypeError(f"no register {k!r}; kvm_regs has {', '.join(_REG_NAMES)}")
             setattr(regs, k, v)
         self._regs_fresh = False
-        err = _ffi.set_regs(self.fileno(), _regs_values(regs))
+        err = _structs.set_regs(self.fileno(), _regs_values(regs))
         if err:
             raise self.vm._error("KVM_SET_REGS", err, {"vcpu": self.id})
 
     def get_sregs(self) -> Sregs:
         """KVM_GET_SREGS."""
-        err, f = _ffi.get_sregs(self.fileno())
+        err, f = _structs.get_sregs(self.fileno())
         if err:
             raise self.vm._error("KVM_GET_SREGS", err, {"vcpu": self.id})
         cs, ds, es, fs, gs, ss, tr, ldt = (Segment(*f[i:i + 12]) for i in range(0, 96, 12))
@@ -274,7 +274,7 @@ class Vcpu(FdOwner):
         flat += (sregs.gdt.base, sregs.gdt.limit, sregs.idt.base, sregs.idt.limit)
         flat += _cr_values(sregs)
         flat += sregs.interrupt_bitmap
-        err = _ffi.set_sregs(self.fileno(), tuple(flat))
+        err = _structs.set_sregs(self.fileno(), tuple(flat))
         if err:
             raise self.vm._error("KVM_SET_SREGS", err, {"vcpu": self.id})
 
@@ -293,7 +293,7 @@ class Vcpu(FdOwner):
         Returns the (gpa, size) the kernel wrote back: size is what remains. Raises
         KvmError, whose ``remaining`` attribute holds the (gpa, size) after a failure.
         """
-        ret, err, p = _ffi.ioctl_struct(self.fileno(), _ffi.KVM_PRE_FAULT_MEMORY, "struct kvm_pre_fault_memory",
+        ret, err, p = _ffi.ioctl_struct(self.fileno(), _ioctls.KVM_PRE_FAULT_MEMORY, "struct kvm_pre_fault_memory",
                                         {"gpa": gpa, "size": size, "flags": flags})
         if ret < 0:
             e = self.vm._error("KVM_PRE_FAULT_MEMORY", err, {"vcpu": self.id, "gpa": gpa, "size": size, "flags": flags})
@@ -309,7 +309,7 @@ _HLT = HltExit()
 _SHUTDOWN = ShutdownExit()
 
 
-def _io(v: Vcpu, view: _ffi.RunView) -> IoExit:
+def _io(v: Vcpu, view: _run.RunView) -> IoExit:
     direction, size, port, count, off = view.io()
     d = IoDirection(direction)
     n = size * count
@@ -317,25 +317,25 @@ def _io(v: Vcpu, view: _ffi.RunView) -> IoExit:
     return IoExit(d, size, port, count, data, v, off)
 
 
-def _mmio(v: Vcpu, view: _ffi.RunView) -> MmioExit:
+def _mmio(v: Vcpu, view: _run.RunView) -> MmioExit:
     gpa, data, n, is_write = view.mmio()
     return MmioExit(gpa, data, n, is_write, v)
 
 
-def _hypercall(v: Vcpu, view: _ffi.RunView) -> HypercallExit:
+def _hypercall(v: Vcpu, view: _run.RunView) -> HypercallExit:
     nr, args, flags, ret = view.hypercall()
     return HypercallExit(nr, args, flags, ret, v)
 
 
-def _internal(v: Vcpu, view: _ffi.RunView) -> InternalErrorExit:
+def _internal(v: Vcpu, view: _run.RunView) -> InternalErrorExit:
     return InternalErrorExit(*view.internal())
 
 
-def _system_event(v: Vcpu, view: _ffi.RunView) -> SystemEventExit:
+def _system_event(v: Vcpu, view: _run.RunView) -> SystemEventExit:
     return SystemEventExit(*view.system_event())
 
 
-def _fail_entry(v: Vcpu, view: _ffi.RunView) -> FailEntryExit:
+def _fail_entry(v: Vcpu, view: _run.RunView) -> FailEntryExit:
     return FailEntryExit(*view.fail_entry())
 
 

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import _ffi
+from . import _ffi, _ioctls, _run, _structs
 from ._fd import FdOwner
 from .errors import KvmError, VmDeadError
 from .guest_memfd import GuestMemfd
@@ -74,7 +74,7 @@ class Vm(FdOwner):
         if self._sync is None:  # asked on the first VM of each type, the answer kept by the Kvm
             known = self.kvm._sync_regs_by_type
             if self.type not in known:
-                known[self.type] = bool(self.check_extension(Cap.SYNC_REGS) & _ffi.KVM_SYNC_X86_REGS)
+                known[self.type] = bool(self.check_extension(Cap.SYNC_REGS) & _run.KVM_SYNC_X86_REGS)
             self._sync = known[self.type]
         return self._sync
 
@@ -86,7 +86,7 @@ class Vm(FdOwner):
 
     def _error(self, name: str, err: int, args: dict[str, Any], hint: str = "") -> KvmError:
         if err == _errno.EIO and not self.closed:
-            ret, _ = _ffi.ioctl_int(self._fd, _ffi.KVM_CHECK_EXTENSION, int(Cap.USER_MEMORY))
+            ret, _ = _ffi.ioctl_int(self._fd, _ioctls.KVM_CHECK_EXTENSION, int(Cap.USER_MEMORY))
             if ret < 0:
                 return VmDeadError(name, err, args, "KVM killed the VM, check the kernel log (dmesg)")
         return KvmError(name, err, args, hint)
@@ -94,7 +94,7 @@ class Vm(FdOwner):
     # -- capabilities -------------------------------------------------------
     def check_extension(self, cap: Cap | int) -> int:
         """KVM_CHECK_EXTENSION on the VM fd (per-VM answer, e.g. GUEST_MEMFD_FLAGS)."""
-        ret, err = _ffi.ioctl_int(self.fileno(), _ffi.KVM_CHECK_EXTENSION, int(cap))
+        ret, err = _ffi.ioctl_int(self.fileno(), _ioctls.KVM_CHECK_EXTENSION, int(cap))
         if ret < 0:
             raise self._error("KVM_CHECK_EXTENSION", err, {"cap": cap})
         return ret
@@ -110,7 +110,7 @@ class Vm(FdOwner):
         """KVM_ENABLE_CAP on the VM, e.g. ``vm.enable_cap(Cap.EXIT_HYPERCALL, 1 << 12)``."""
         if len(args) > 4:
             raise ValueError(f"KVM_ENABLE_CAP takes at most 4 args, got {len(args)}")
-        ret, err, _ = _ffi.ioctl_struct(self.fileno(), _ffi.KVM_ENABLE_CAP, "struct kvm_enable_cap",
+        ret, err, _ = _ffi.ioctl_struct(self.fileno(), _ioctls.KVM_ENABLE_CAP, "struct kvm_enable_cap",
                                         {"cap": int(cap), "flags": flags, "args": list(args)})
         if ret < 0:
             raise self._error("KVM_ENABLE_CAP", err,
@@ -119,7 +119,7 @@ class Vm(FdOwner):
     def set_nr_mmu_pages(self, pages: int) -> None:
         """KVM_SET_NR_MMU_PAGES: the shadow MMU's page budget (x86), as the selftests set it before
         running a VM with no memslots."""
-        ret, err = _ffi.ioctl_int(self.fileno(), _ffi.KVM_SET_NR_MMU_PAGES, pages)
+        ret, err = _ffi.ioctl_int(self.fileno(), _ioctls.KVM_SET_NR_MMU_PAGES, pages)
         if ret < 0:
             raise self._error("KVM_SET_NR_MMU_PAGES", err, {"pages": pages})
 
@@ -127,7 +127,7 @@ class Vm(FdOwner):
     def create_guest_memfd(self, size: int, flags: GuestMemfdFlag | int = 0,
                            reserved: tuple[int, ...] | None = None) -> GuestMemfd:
         """KVM_CREATE_GUEST_MEMFD (KVM_CAP_GUEST_MEMFD). ``reserved`` is for negative tests."""
-        ret, err, _ = _ffi.ioctl_struct(self.fileno(), _ffi.KVM_CREATE_GUEST_MEMFD, "struct kvm_create_guest_memfd",
+        ret, err, _ = _ffi.ioctl_struct(self.fileno(), _ioctls.KVM_CREATE_GUEST_MEMFD, "struct kvm_create_guest_memfd",
                                         {"size": size, "flags": int(flags), "reserved": list(reserved or ())})
         if ret < 0:
             args: dict[str, Any] = {"size": size, "flags": GuestMemfdFlag(int(flags))}
@@ -147,7 +147,7 @@ class Vm(FdOwner):
     def set_user_memory_region(self, slot: int, gpa: int, size: int, userspace_addr: int = 0,
                                flags: MemslotFlag | int = 0, *, keep: Any = None) -> None:
         """KVM_SET_USER_MEMORY_REGION (the legacy ioctl, no guest_memfd)."""
-        err = _ffi.set_user_memory_region(self.fileno(), slot, int(flags), gpa, size, userspace_addr)
+        err = _structs.set_user_memory_region(self.fileno(), slot, int(flags), gpa, size, userspace_addr)
         if err:
             raise self._error("KVM_SET_USER_MEMORY_REGION", err, {"slot": slot, "gpa": gpa, "size": size,
                               "userspace_addr": userspace_addr, "flags": MemslotFlag(int(flags))})
@@ -162,7 +162,7 @@ class Vm(FdOwner):
         ``keep`` is an object the Vm holds while the slot exists (e.g. the host mapping).
         """
         gfd = _fd_of(guest_memfd)
-        err = _ffi.set_user_memory_region2(self.fileno(), slot, int(flags), gpa, size, userspace_addr,
+        err = _structs.set_user_memory_region2(self.fileno(), slot, int(flags), gpa, size, userspace_addr,
                                            guest_memfd_offset, gfd)
         if err:
             raise self._error("KVM_SET_USER_MEMORY_REGION2", err, {
@@ -194,7 +194,7 @@ class Vm(FdOwner):
     # -- memory attributes --------------------------------------------------
     def set_memory_attributes(self, gpa: int, size: int, attributes: MemoryAttribute | int, flags: int = 0) -> None:
         """KVM_SET_MEMORY_ATTRIBUTES (KVM_CAP_MEMORY_ATTRIBUTES): PRIVATE or 0 (shared) for a GPA range."""
-        err = _ffi.set_memory_attributes(self.fileno(), gpa, size, int(attributes), flags)
+        err = _structs.set_memory_attributes(self.fileno(), gpa, size, int(attributes), flags)
         if err:
             hint = ""
             if err == _errno.ENOTTY:
@@ -214,7 +214,7 @@ class Vm(FdOwner):
     # -- vCPUs --------------------------------------------------------------
     def create_vcpu(self, vcpu_id: int = 0) -> Vcpu:
         """KVM_CREATE_VCPU; the vCPU is closed with this Vm."""
-        ret, err = _ffi.ioctl_int(self.fileno(), _ffi.KVM_CREATE_VCPU, vcpu_id)
+        ret, err = _ffi.ioctl_int(self.fileno(), _ioctls.KVM_CREATE_VCPU, vcpu_id)
         if ret < 0:
             raise self._error("KVM_CREATE_VCPU", err, {"id": vcpu_id})
         try:

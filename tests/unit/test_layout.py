@@ -1,8 +1,11 @@
-"""Struct sizes, field offsets and ioctl numbers against the uAPI facts (no /dev/kvm needed)."""
+"""Struct sizes, field offsets and ioctl numbers against the uAPI facts, and the struct.Struct fast
+paths against the declarations, byte for byte (no /dev/kvm needed)."""
+
+from typing import Any
 
 import pytest
 
-from kvmffi import _ffi
+from kvmffi import _cdef, _ffi, _ioctls, _structs
 
 SIZES = {
     "struct kvm_userspace_memory_region": 32,
@@ -28,7 +31,7 @@ SIZES = {
 
 @pytest.mark.parametrize("struct,size", SIZES.items(), ids=[s.split()[1] for s in SIZES])
 def test_struct_size(struct: str, size: int) -> None:
-    assert _ffi.sizeof(struct) == size
+    assert _cdef.sizeof(struct) == size
 
 
 OFFSETS = [
@@ -85,7 +88,7 @@ OFFSETS = [
 
 @pytest.mark.parametrize("struct,field,offset", OFFSETS, ids=[f"{s.split()[1]}.{f}" for s, f, _ in OFFSETS])
 def test_field_offset(struct: str, field: str, offset: int) -> None:
-    assert _ffi.offsetof(struct, field) == offset
+    assert _cdef.offsetof(struct, field) == offset
 
 
 IOCTLS = {
@@ -113,16 +116,74 @@ IOCTLS = {
 
 @pytest.mark.parametrize("name,number", IOCTLS.items(), ids=list(IOCTLS))
 def test_ioctl_number(name: str, number: int) -> None:
-    assert getattr(_ffi, name) == number, f"{name} = {getattr(_ffi, name):#x}, expected {number:#x}"
+    assert getattr(_ioctls, name) == number, f"{name} = {getattr(_ioctls, name):#x}, expected {number:#x}"
 
 
 def test_every_ioctl_is_checked() -> None:
-    assert set(_ffi.IOCTL_NAMES.values()) == set(IOCTLS)
+    assert set(_ioctls.IOCTL_NAMES.values()) == set(IOCTLS)
 
 
 def test_negative_values_are_stored_as_twos_complement() -> None:
-    t = _ffi.ffi.typeof("struct kvm_create_guest_memfd")
+    t = _cdef.ffi.typeof("struct kvm_create_guest_memfd")
     assert _ffi._fit(t, {"size": -4096})["size"] == (1 << 64) - 4096
-    t2 = _ffi.ffi.typeof("struct kvm_userspace_memory_region2")
+    t2 = _cdef.ffi.typeof("struct kvm_userspace_memory_region2")
     assert _ffi._fit(t2, {"slot": -1, "guest_memfd": 1 << 40})["slot"] == 0xFFFFFFFF
     assert _ffi._fit(t2, {"guest_memfd": (1 << 32) + 5})["guest_memfd"] == 5
+
+
+@pytest.mark.parametrize("row", _ioctls.IOCTLS.values(), ids=list(_ioctls.IOCTLS))
+def test_ioctl_row_matches_its_number(row: _ioctls.Ioctl) -> None:
+    """The size field of the number is the row's struct's, the type is KVMIO, the fd kind is one of three."""
+    assert (row.number >> 16) & 0x3FFF == (_cdef.sizeof(row.struct) if row.struct else 0)
+    assert (row.number >> 8) & 0xFF == _ioctls.KVMIO
+    assert row.fd in ("system", "vm", "vcpu")
+    assert row.cap is None or row.cap == "basic" or row.cap.startswith("KVM_CAP_")
+
+
+def _leaves(ctype: Any) -> list[Any]:
+    """The struct's scalar fields in memory order, nested structs and arrays flattened, without the
+    padding fields (struct.Struct skips those with ``x``)."""
+    if ctype.kind == "struct":
+        return [leaf for name, f in ctype.fields if not name.startswith("pad") for leaf in _leaves(f.type)]
+    if ctype.kind == "array":
+        return _leaves(ctype.item) * ctype.length
+    return [ctype]
+
+
+def _set_leaves(p: Any, ctype: Any, values: list[int]) -> None:
+    """Set the fields of cdata ``p`` (of ``ctype``) from ``values`` in :func:`_leaves` order."""
+    for name, f in ctype.fields:
+        if name.startswith("pad"):
+            continue
+        t = f.type
+        if t.kind == "struct":
+            _set_leaves(getattr(p, name), t, values)
+        elif t.kind == "array":
+            arr = getattr(p, name)
+            for i in range(t.length):
+                if t.item.kind == "struct":
+                    _set_leaves(arr[i], t.item, values)
+                else:
+                    arr[i] = values.pop(0)
+        else:
+            setattr(p, name, values.pop(0))
+
+
+@pytest.mark.parametrize("struct", _structs.LAYOUTS, ids=[s.split()[1] for s in _structs.LAYOUTS])
+def test_struct_layout_matches_declaration(struct: str) -> None:
+    """Every field packed through the struct.Struct lands where the declaration puts it: each field
+    gets its own bytes (a running counter), packed both ways, compared byte for byte."""
+    ffi = _cdef.ffi
+    t = ffi.typeof(struct)
+    leaves = _leaves(t)
+    layout = _structs.LAYOUTS[struct]
+    assert len(leaves) == len(layout.unpack(bytes(layout.size))), f"{struct}: field count differs from its layout"
+    values, counter = [], 0
+    for leaf in leaves:
+        n = ffi.sizeof(leaf)
+        raw = bytes((counter + i) % 255 + 1 for i in range(n))
+        counter += n
+        values.append(int.from_bytes(raw, "little"))
+    p = ffi.new(struct + " *")
+    _set_leaves(p[0], t, list(values))
+    assert layout.pack(*values) == bytes(ffi.buffer(p)), f"{struct}: struct.Struct and the declaration disagree"
