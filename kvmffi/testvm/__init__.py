@@ -5,16 +5,17 @@
 ...     tvm.set_param("test_gpa", TEST_GPA)
 ...     tvm.run(on_sync=lambda vcpu, args: ...)
 
-Modules: testvm (layout, construction, the run loop), backing (typed memory backings),
-ucall (the channel as the guest was built), watchdog, diagnostics (failure reports),
-errors, marks (page marks shared with the guest library).
+Modules: testvm (layout, construction, memory, guest globals), runloop (the run loop and exit
+handling), backing (typed memory backings), ucall (the channel as the guest was built), watchdog,
+diagnostics (failure reports), errors, marks (page marks shared with the guest library).
 """
 
 from .backing import BACKINGS, Backing
 from .errors import (GuestAssertionError, GuestError, GuestException, GuestHang, GuestTripleFault, Stopped,
                      UnexpectedExit)
 from .marks import check_marks, fill_marks
-from .testvm import LOW_SLOT, STACK_SIZE, TEST_GPA, RunResult, TestMemory, TestVm
+from .runloop import RunResult
+from .testvm import LOW_SLOT, STACK_SIZE, TEST_GPA, TestMemory, TestVm
 from .ucall import UcallAbi
 from .watchdog import KICK_SIGNAL, install_kick_handler
 

@@ -7,21 +7,18 @@
 
 Layout (GPA == GVA): descriptor tables and page tables in the first MiB, the guest
 program at 1 MiB, one 64 KiB stack per vCPU below ``low_size``; test memory from
-4 GiB up, mapped in the guest page tables only where a test asks.
+4 GiB up, mapped in the guest page tables only where a test asks. The run loop is runloop.py.
 """
 
 from __future__ import annotations
 
-import sys
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import memory as _memory
-from ..exits import Exit, IntrExit
+from ..exits import Exit
 from ..guest import build as _build
 from ..guest import elf as _elf
 from ..guest import x86
@@ -33,10 +30,10 @@ from ..uapi import GuestMemfdFlag, MemslotFlag, VmType
 from ..vcpu import Regs, Sregs, Vcpu
 from ..vm import Vm
 from .backing import Backing
-from .diagnostics import unexpected_exit, where
-from .errors import GuestHang, Stopped, UnexpectedExit
-from .ucall import UcallAbi, assertion_error, exception_error
-from .watchdog import VcpuState, Watchdog, kick
+from .errors import Stopped
+from .runloop import OnExit, OnSync, RunLoop, RunResult
+from .ucall import UcallAbi
+from .watchdog import VcpuState
 
 TEST_GPA = 1 << 32
 STACK_SIZE = 64 << 10
@@ -59,10 +56,12 @@ class TestMemory:
     owns_gmem: bool = True
 
     def read(self, offset: int, n: int) -> bytes:
+        """``n`` bytes at byte ``offset`` of the region's host view (HostMemoryFault for a private page)."""
         assert self.host is not None, f"{self.backing.value} test memory has no host mapping"
         return self.host[offset:offset + n]
 
     def write(self, offset: int, data: bytes) -> None:
+        """Write ``data`` at byte ``offset`` of the region's host view (HostMemoryFault for a private page)."""
         assert self.host is not None, f"{self.backing.value} test memory has no host mapping"
         self.host[offset:offset + len(data)] = data
 
@@ -78,15 +77,22 @@ class _LowMemory:
         return self.mem[gpa:gpa + n]
 
 
-@dataclass
-class RunResult:
-    syncs: dict[int, int] = field(default_factory=dict)   # vCPU id -> GUEST_SYNC count
-    printed: list[str] = field(default_factory=list)      # GUEST_PRINTF lines
-    seconds: float = 0.0
-
-
 class TestVm:
-    """A VM running one guest program (``<program>.c`` of the guest sources) on ``nr_vcpus`` vCPUs."""
+    """A VM running one guest program (``<program>.c`` of the guest sources) on ``nr_vcpus`` vCPUs.
+
+    program: a guest program's name (built into the cache on first use) or a path to a ``.elf``.
+    vm_type: KVM_CREATE_VM's type. kvm: an open Kvm to use (default: one of its own, closed with
+    the TestVm). low_size: bytes of low memory (memslot 0: tables, program, stacks), a multiple of
+    2 MiB. timeout: seconds a vCPU may stay in KVM_RUN (see :meth:`run`). printf: receives each
+    GUEST_PRINTF line (default: printed to stderr).
+
+    Raises ValueError for ``nr_vcpus`` below 1 or more 64 KiB stacks than fit in ``low_size``
+    above the program (and 4 MiB); GuestElfError (a
+    ValueError) for a segment outside [1 MiB, low_size); FileNotFoundError or GuestBuildError
+    when the program does not build; KvmError from KVM_CREATE_VM (a type the host does not offer:
+    see KVM_CAP_VM_TYPES), KVM_SET_USER_MEMORY_REGION, KVM_CREATE_VCPU, KVM_SET_CPUID2 or the register ioctls.
+    Whatever it made so far is closed first.
+    """
 
     __test__ = False  # not a pytest class
 
@@ -179,6 +185,7 @@ class TestVm:
 
         The last exit (the ucall's port I/O) is completed first, as api.rst asks before changing
         the vCPU's state: KVM_RUN with immediate_exit finishes it and returns at once.
+        Raises KvmError from KVM_RUN (VmDeadError when KVM killed the VM) or KVM_SET_REGS.
         """
         for i, s in enumerate(self.states):
             v = s.vcpu
@@ -191,6 +198,7 @@ class TestVm:
 
     @property
     def vcpus(self) -> list[Vcpu]:
+        """The vCPUs, by id (0 to nr_vcpus - 1)."""
         return [s.vcpu for s in self.states]
 
     def add_memory(self, gpa: int, size: int, backing: Backing | str = "anon", *, slot: int | None = None,
@@ -205,6 +213,20 @@ class TestVm:
         but the memslot's userspace_addr is 0: KVM serves shared faults from the file itself;
         ``host`` is still a mapping of the file for the test). ``gmem`` reuses an existing
         guest_memfd at ``gmem_offset`` (several slots over one file).
+
+        gpa, size, gmem_offset: bytes; gpa and size 4 KiB aligned (KVM), and aligned to
+        ``page_size`` (4 KiB or 2 MiB) when ``map_in_guest``; gmem_offset 4 KiB aligned. slot:
+        the memslot number (default: one past the highest this TestVm used). gmem_flags: for a new guest_memfd
+        (default: what the backing needs). readonly: KVM_MEM_READONLY (guest writes become MMIO exits).
+
+        Raises MissingCapability when the VM does not offer the guest_memfd flags (asked with
+        KVM_CAP_GUEST_MEMFD_FLAGS); ValueError for an unknown backing or, after the memslot is
+        made, a range not aligned to ``page_size``; OSError when the host memory cannot be had
+        (e.g. no hugetlb pages); KvmError from KVM_CREATE_GUEST_MEMFD (EINVAL: size 0 or not
+        page aligned, unsupported flags) or KVM_SET_USER_MEMORY_REGION2 (EINVAL: bad flags,
+        alignment or sizes, a guest_memfd of another VM or a range past its end; EEXIST: the GPA
+        range overlaps another slot, and from 7.2 the guest_memfd range is already bound).
+        What it made is closed when the memslot fails.
         """
         assert self.vm is not None
         kind = Backing.of(backing)
@@ -239,7 +261,11 @@ class TestVm:
         return tm
 
     def delete_memory(self, tm: TestMemory) -> None:
-        """Delete the memslot (the guest's next access to it is an MMIO exit or memory fault)."""
+        """Delete the memslot (the guest's next access to it is an MMIO exit or memory fault).
+
+        ``tm`` keeps its mapping and guest_memfd until :meth:`close`. Raises KvmError from
+        KVM_SET_USER_MEMORY_REGION2 (VmDeadError when KVM killed the VM).
+        """
         assert self.vm is not None
         self.vm.delete_memslot(tm.slot)
 
@@ -250,19 +276,25 @@ class TestVm:
 
     def const(self, name: str) -> int:
         """One of the guest program's C enumerators (a scenario, a sync stage, ...): the guest source
-        is its one definition, read from the ELF's debug information."""
+        is its one definition, read from the ELF's debug information. Raises GuestElfError (a
+        ValueError) when the program has no such enumerator."""
         return self.image.constant(name)
 
     def set_param(self, name: str, value: int | str) -> None:
         """Write a guest global (an unsigned integer of its symbol's size) by name; a str value
-        names one of the guest's enumerators (``t.set_param("scenario", "S_UD")``)."""
+        names one of the guest's enumerators (``t.set_param("scenario", "S_UD")``); a negative value is
+        written in two's complement. Raises KeyError for an unknown symbol,
+        GuestElfError for an unknown enumerator, OverflowError for a value that does not fit."""
         if isinstance(value, str):
             value = self.const(value)
         addr, size = self._sym_bytes(name)
         self._lowmem.write(addr, int(value).to_bytes(size, "little", signed=value < 0))
 
     def read_gva(self, gva: int, n: int) -> bytes:
-        """Read guest memory at a GVA (== GPA) from low memory or a test region's shared view."""
+        """Read ``n`` bytes of guest memory at a GVA (== GPA) from low memory or a test region's
+        shared view (any alignment). Raises ValueError when the range is not in low memory or
+        within one region with a host mapping; HostMemoryFault when a page there is not
+        accessible to the host (private, past the end of the guest_memfd)."""
         if gva + n <= self.low_size:
             return self._lowmem.read(gva, n)
         for r in self.regions:
@@ -271,55 +303,43 @@ class TestVm:
         raise ValueError(f"guest address {gva:#x}+{n:#x} is not in memory the host can read")
 
     def read_string(self, gva: int, limit: int = 512) -> str:
+        """The NUL-terminated string at ``gva`` (at most ``limit`` bytes, decoded as UTF-8 with
+        replacement), or a placeholder naming the address when the host cannot read it there.
+        HostMemoryFault (a private page) is not caught."""
         try:
             raw = self.read_gva(gva, min(limit, self.low_size - gva) if gva < self.low_size else limit)
         except ValueError:
             return f"<string at {gva:#x} unreadable>"
         return raw.split(b"\0", 1)[0].decode(errors="replace")
 
-    # -- running -----------------------------------------------------------
-    def run(self, on_sync: Callable[[Vcpu, tuple[int, ...]], Any] | None = None,
-            on_exit: Callable[[Vcpu, Exit], bool] | None = None, timeout: float | None = None) -> RunResult:
-        """Run every vCPU until it reaches GUEST_DONE.
+
+    # -- running (the loop itself is runloop.py) ---------------------------
+    def run(self, on_sync: OnSync | None = None, on_exit: OnExit | None = None,
+            timeout: float | None = None) -> RunResult:
+        """Run every vCPU until it reaches GUEST_DONE (KVM_RUN; one thread per vCPU when there are
+        several); returns the GUEST_SYNC counts, GUEST_PRINTF lines and the seconds it took.
 
         on_sync(vcpu, args): called for each GUEST_SYNC (args[0] is the stage).
-        on_exit(vcpu, exit): called for exits other than ucalls; return True to keep running.
+        on_exit(vcpu, exit): called for exits other than ucalls (including memory-fault exits,
+        KVM_RUN's EFAULT/EHWPOISON with KVM_EXIT_MEMORY_FAULT); return True to keep running.
         timeout: seconds a vCPU may stay in KVM_RUN without exiting before the watchdog
         kicks it and the run fails with GuestHang (default: the TestVm's timeout).
-        """
-        tmo = self.timeout if timeout is None else timeout
-        self._timeout = tmo
-        result = RunResult()
-        for s in self.states:
-            s.error, s.kicked, s.syncs = None, False, 0
-        t0 = time.monotonic()
-        try:
-            with Watchdog(self.states, tmo):
-                if len(self.states) == 1:
-                    self._loop(self.states[0], on_sync, on_exit, result)
-                else:
-                    for s in self.states:
-                        s.thread = threading.Thread(target=self._thread_loop, args=(s, on_sync, on_exit, result),
-                                                    name=f"kvmffi-vcpu{s.vcpu.id}", daemon=True)
-                        s.thread.start()
-                    for s in self.states:
-                        assert s.thread is not None
-                        while s.thread.is_alive():
-                            s.thread.join(0.1)
-                        s.thread = None
-        finally:
-            result.seconds = time.monotonic() - t0
-        for s in self.states:
-            result.syncs[s.vcpu.id] = s.syncs
-        errors = [s.error for s in self.states if s.error is not None]
-        real = [e for e in errors if not isinstance(e, Stopped)]  # the cause, not the vCPUs it stopped
-        if real or errors:
-            raise (real or errors)[0]
-        return result
 
-    def run_until_exit(self, on_sync: Callable[[Vcpu, tuple[int, ...]], Any] | None = None,
-                       timeout: float | None = None) -> Exit | None:
-        """Run (one vCPU) handling ucalls; return the first other exit, or None at GUEST_DONE."""
+        Raises GuestAssertionError (a GUEST_ASSERT failed), GuestException (the guest took an
+        exception), GuestHang (a TimeoutError: the watchdog kicked a vCPU, or KVM_RUN kept
+        answering EINTR), UnexpectedExit / GuestTripleFault (an exit nobody handled, or an unknown
+        ucall), KvmError from KVM_RUN (VmDeadError when KVM killed the VM: EIO) or a register read, and whatever
+        on_sync or on_exit raise; with several vCPUs the first failure stops the others and is
+        the one raised. RuntimeError when called off the main thread before
+        ``install_kick_handler()``.
+        """
+        return RunLoop(self, on_sync, on_exit, self.timeout if timeout is None else timeout).run()
+
+    def run_until_exit(self, on_sync: OnSync | None = None, timeout: float | None = None) -> Exit | None:
+        """Run (one vCPU) handling ucalls; return the first other exit, or None at GUEST_DONE.
+
+        Raises ValueError for a TestVm with more than one vCPU, and what :meth:`run` raises.
+        """
         if len(self.states) != 1:
             raise ValueError("run_until_exit drives a single-vCPU TestVm")
         got: list[Exit] = []
@@ -333,99 +353,6 @@ class TestVm:
         except Stopped:
             return got[0]
         return None
-
-    def _thread_loop(self, s: VcpuState, on_sync: Any, on_exit: Any, result: RunResult) -> None:
-        try:
-            self._loop(s, on_sync, on_exit, result)
-        except BaseException as e:
-            s.error = e
-            for other in self.states:  # stop the others: one failure fails the run
-                if other is not s and other.error is None:
-                    other.error = Stopped(f"vCPU {other.vcpu.id} stopped: vCPU {s.vcpu.id} failed")
-                    kick(other)
-
-    def _loop(self, s: VcpuState, on_sync: Any, on_exit: Any, result: RunResult) -> None:
-        vcpu = s.vcpu
-        low = self.low
-        assert low is not None
-        low_size = self.low_size
-        abi = self.abi
-        unpack_from, header_size = abi.header.unpack_from, abi.header.size
-        port, sync, done, ucall_size = abi.port, abi.sync, abi.done, abi.size
-        run_io, get_reg = vcpu.run_io_fast, vcpu.get_reg
-        intr_since: float | None = None
-        while True:
-            if s.error is not None:
-                raise s.error
-            s.progress += 1
-            s.in_run = True
-            ex = run_io(port)
-            s.in_run = False
-            if ex is None:  # a ucall: RDI holds the struct's address
-                intr_since = None
-                rdi = get_reg("rdi")
-                if rdi + ucall_size <= low_size:
-                    uc = unpack_from(low, rdi)
-                else:
-                    uc = abi.header.unpack(self.read_gva(rdi, header_size))
-                cmd = uc[0]
-                s.last_ucall = uc
-                if cmd == sync:
-                    s.syncs += 1
-                    if on_sync is not None:
-                        on_sync(vcpu, uc[1:])
-                    continue
-                if cmd == done:
-                    return
-                self._ucall_slow(vcpu, cmd, uc, rdi, result)
-                continue
-            if type(ex) is IntrExit:
-                if s.kicked:
-                    vcpu.immediate_exit = False
-                    if s.error is not None:
-                        raise s.error
-                    rip = vcpu.get_reg("rip")
-                    raise GuestHang(f"vCPU {vcpu.id} did not exit within {self._timeout:.1f} s; "
-                                    f"stopped at rip={rip:#x}{where(self.image, rip)}")
-                # a signal that was not the watchdog's: fine once, a hang if it never stops
-                now = time.monotonic()
-                if intr_since is None:
-                    intr_since = now
-                elif now - intr_since > self._timeout:
-                    rip = vcpu.get_reg("rip")
-                    raise GuestHang(f"vCPU {vcpu.id}: KVM_RUN kept returning EINTR (a signal each time, not the "
-                                    f"watchdog's) for {self._timeout:.1f} s at rip={rip:#x}{where(self.image, rip)}; "
-                                    "e.g. KVM sends SIGBUS for a poisoned page of guest memory")
-                continue
-            intr_since = None
-            if on_exit is not None and on_exit(vcpu, ex):
-                continue
-            raise self._unexpected(vcpu, ex, last_ucall=s.last_ucall)
-
-    def _ucall_slow(self, vcpu: Vcpu, cmd: int, uc: tuple[int, ...], rdi: int, result: RunResult) -> None:
-        abi = self.abi
-        if cmd == abi.printf:
-            text = self.read_string(rdi + abi.buffer_offset, abi.buffer_len)
-            result.printed.append(text)
-            if self.printf is not None:
-                self.printf(text)
-            else:
-                print(f"guest vCPU {vcpu.id}: {text}", file=sys.stderr)
-            return
-        if cmd == abi.abort:
-            raise assertion_error(abi, uc[1:], self.read_string)
-        if cmd == abi.exception:
-            raise exception_error(uc[1:], lambda rip: where(self.image, rip))
-        raise self._unexpected(vcpu, None, f"unknown ucall {cmd} from the guest")
-
-    def _unexpected(self, vcpu: Vcpu, ex: Exit | None, what: str | None = None,
-                    last_ucall: tuple[int, ...] | None = None) -> UnexpectedExit:
-        assert self.vm is not None
-        last = None
-        if last_ucall is not None:
-            names = {self.abi.sync: "GUEST_SYNC", self.abi.printf: "GUEST_PRINTF", self.abi.done: "GUEST_DONE"}
-            last = f"{names.get(last_ucall[0], f'ucall {last_ucall[0]}')}{tuple(hex(a) for a in last_ucall[1:])}"
-        return unexpected_exit(self.image, self.vm, vcpu, ex, what, last)
 
     # -- teardown ----------------------------------------------------------
     def close(self) -> None:
@@ -447,7 +374,9 @@ class TestVm:
             self.kvm.close()
 
     def __enter__(self) -> TestVm:
+        """The TestVm; :meth:`close` runs at the end of the ``with`` block."""
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Close the TestVm (see :meth:`close`)."""
         self.close()
