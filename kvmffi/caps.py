@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import KvmError
-from .kernels import vendor_module
+from .kernels import FEATURES, vendor_module
 from .system import Kvm
 from .uapi import Cap, GuestMemfdFlag, MemoryAttribute, VmType
 
@@ -56,6 +56,26 @@ class HostCaps:
     system: dict[str, int] = field(default_factory=dict)
     per_vm_type: list[VmTypeCaps] = field(default_factory=list)
     probes: dict[str, Any] = field(default_factory=dict)   # filled by kvmffi.probes.run_probes
+
+    def host_tier_blocker(self) -> str:
+        """Why the host tier cannot run here ('' when it can): the one decision the runner, the
+        matrix and `kvmffi caps` use."""
+        if not self.kvm_accessible:
+            return f"{self.kvm_path} not usable: {self.error}"
+        if self.system.get("GUEST_MEMFD", 0) <= 0:
+            return f"KVM_CAP_GUEST_MEMFD is 0 on this kernel ({FEATURES['KVM_CAP_GUEST_MEMFD'].hint()})"
+        return ""
+
+    def private_memory(self) -> bool:
+        """Does a VM type this host can create support private memory (the private tier runs here)?"""
+        return any(v.private for v in self.per_vm_type if v.creatable)
+
+    def private_tier_blocker(self) -> str:
+        """Why the private tier cannot run here ('' when it can): it then runs in a test kernel."""
+        if self.private_memory():
+            return ""
+        return (f"no VM type with private memory on this host (KVM_CAP_VM_TYPES={self.vm_types_mask:#x}, "
+                f"KVM_CAP_MEMORY_ATTRIBUTES={self.system.get('MEMORY_ATTRIBUTES', 0):#x})")
 
     def vm_type(self, t: VmType | int) -> VmTypeCaps | None:
         for v in self.per_vm_type:
@@ -155,6 +175,14 @@ def format_table(h: HostCaps) -> str:
             lines.append(f"  {'':<14} guest_memfd flag bits {unknown:#x} are unknown to kvmffi: untested")
         if v.environment:
             lines.append(f"  {'':<14} {v.environment}")
+    import shutil
+    host, private = h.host_tier_blocker(), h.private_tier_blocker()
+    lines += ["", "tiers:", "  unit                             runs anywhere",
+              "  host (kvmffi run host)           " + ("runs here" if not host else f"cannot run: {host}"),
+              "  private (kvmffi run private)     " + (
+                  "runs here" if not private else
+                  f"runs in the test kernel under QEMU: {private}" if shutil.which("qemu-system-x86_64") else
+                  f"cannot run: {private}, and no qemu-system-x86_64 (apt-get install qemu-system-x86)")]
     if h.probes:
         lines += ["", "probes:"]
         for k, val in h.probes.items():

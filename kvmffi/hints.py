@@ -5,21 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import MissingCapability
+from .kernels import FEATURES
 from .uapi import Cap, GuestMemfdFlag
 
-TEST_KERNEL = ("run this tier inside the kvmffi test kernel (`kvmffi run private`, which builds "
-               "a KVM_SW_PROTECTED_VM kernel and boots it under QEMU), or use a host with SEV-SNP/TDX")
-
-CAP_HINTS: dict[int, str] = {
-    Cap.GUEST_MEMFD: "needs Linux >= 6.8 with CONFIG_KVM_GUEST_MEMFD (x86: CONFIG_KVM_SW_PROTECTED_VM, SEV or TDX)",
-    Cap.GUEST_MEMFD_FLAGS: "needs Linux >= 6.18 (GUEST_MEMFD_FLAG_MMAP / INIT_SHARED)",
-    Cap.MEMORY_ATTRIBUTES: "private memory needs CONFIG_KVM_SW_PROTECTED_VM; " + TEST_KERNEL,
-    Cap.USER_MEMORY2: "needs Linux >= 6.8 (KVM_SET_USER_MEMORY_REGION2)",
-    Cap.PRE_FAULT_MEMORY: "needs Linux >= 6.10 and a TDP MMU (kvm.tdp_mmu=Y on bare metal, or the test kernel)",
-    Cap.VM_TYPES: "needs Linux >= 6.8 with a protected VM type; " + TEST_KERNEL,
-    Cap.EXIT_HYPERCALL: "needs Linux >= 5.10 (KVM_CAP_EXIT_HYPERCALL)",
-    Cap.MEMORY_FAULT_INFO: "needs Linux >= 6.8",
-}
+# derived from kvmffi.kernels.FEATURES: a capability's hint is its feature's
+CAP_HINTS: dict[int, str] = {cap: FEATURES[cap.kernel_name].hint() for cap in Cap if cap.kernel_name in FEATURES}
 
 
 def missing_cap_reason(cap: Cap, got: int, where: str = "/dev/kvm", want: str = "> 0") -> str:

@@ -41,17 +41,39 @@ def parse_release(release: str) -> Version:
     return int(m.group(1)), int(m.group(2))
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (``flags``, ``model name``, ...); empty when
+    it cannot be read. The one place kvmffi reads it."""
+    out: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                out[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return out
+
+
+def cpu_flags() -> frozenset[str]:
+    return frozenset(cpu_info().get("flags", "").split())
+
+
+def nested_virtualization() -> bool:
+    """Does this CPU show VMX or SVM, so a guest (the test kernel) could run KVM with hardware help?"""
+    return bool(cpu_flags() & {"vmx", "svm"})
+
+
 def vendor_module() -> str:
     """The KVM vendor module in use. Built-in kvm_intel and kvm_amd both show in /sys/module (both
     have parameters), so the CPU's virtualization flag decides between them."""
     present = [m for m in VENDOR_MODULES if os.path.isdir(f"/sys/module/{m}")]
     if "kvm_pvm" in present or len(present) <= 1:
         return present[0] if present else ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        flags = []
+    flags = cpu_flags()
     if "svm" in flags and "kvm_amd" in present:
         return "kvm_amd"
     if "vmx" in flags and "kvm_intel" in present:
@@ -209,19 +231,74 @@ def known_bug(name: str) -> KnownBug:
         raise KeyError(f"no known bug {name!r} in kvmffi.kernels.KNOWN_BUGS") from None
 
 
-# The first upstream release of each feature the suites may need. A kernel older than that lacks
-# it by design: strict mode keeps such a skip a skip; on a newer kernel its absence is a failure.
-FEATURE_SINCE: dict[str, Version] = {
-    "KVM_CAP_USER_MEMORY2": (6, 8),
-    "KVM_CAP_MEMORY_FAULT_INFO": (6, 8),
-    "KVM_CAP_MEMORY_ATTRIBUTES": (6, 8),
-    "KVM_CAP_GUEST_MEMFD": (6, 8),
-    "KVM_CAP_VM_TYPES": (6, 8),
-    "KVM_CAP_PRE_FAULT_MEMORY": (6, 10),
-    "KVM_CAP_GUEST_MEMFD_FLAGS": (6, 18),
-    "GUEST_MEMFD_FLAG_MMAP": (6, 18),
-    "GUEST_MEMFD_FLAG_INIT_SHARED": (6, 18),
+# How to get the private tier where this host lacks private memory.
+TEST_KERNEL = ("run this tier inside the kvmffi test kernel (`kvmffi run private`, which builds "
+               "a KVM_SW_PROTECTED_VM kernel and boots it under QEMU), or use a host with SEV-SNP/TDX")
+
+
+@dataclass(frozen=True)
+class Feature:
+    """A uAPI feature the suites may need: the first upstream release with it (older kernels lack it
+    by design: strict mode keeps such a skip a skip; on a newer kernel its absence is a failure), the
+    kernel configuration it needs, and how else to get it."""
+    since: Version
+    config: str = ""     # e.g. "CONFIG_KVM_SW_PROTECTED_VM"
+    how: str = ""        # beyond a new enough kernel with that configuration
+
+    def hint(self) -> str:
+        """The second half of a skip reason: 'needs Linux >= 6.8 with CONFIG_...; how'."""
+        s = f"needs Linux >= {'.'.join(map(str, self.since))}" + (f" with {self.config}" if self.config else "")
+        return f"{s}; {self.how}" if self.how else s
+
+
+# Each feature by its uAPI name (a capability's KVM_CAP_* name, or a flag's): the one place that
+# says which kernel brought it and what it takes (api.rst section 4 and 8, the Kconfig entries).
+FEATURES: dict[str, Feature] = {
+    "KVM_CAP_USER_MEMORY2": Feature((6, 8)),
+    "KVM_CAP_MEMORY_FAULT_INFO": Feature((6, 8)),
+    "KVM_CAP_MEMORY_ATTRIBUTES": Feature((6, 8), "CONFIG_KVM_SW_PROTECTED_VM (private memory)", TEST_KERNEL),
+    "KVM_CAP_GUEST_MEMFD": Feature((6, 8), "CONFIG_KVM_GUEST_MEMFD (x86: CONFIG_KVM_SW_PROTECTED_VM, SEV or TDX)"),
+    "KVM_CAP_VM_TYPES": Feature((6, 8), "a protected VM type (CONFIG_KVM_SW_PROTECTED_VM)", TEST_KERNEL),
+    "KVM_CAP_PRE_FAULT_MEMORY": Feature((6, 10), how="a TDP MMU (kvm.tdp_mmu=Y with NPT/EPT on bare metal, or the "
+                                                   "test kernel)"),
+    "KVM_CAP_EXIT_HYPERCALL": Feature((5, 10)),
+    "KVM_CAP_GUEST_MEMFD_FLAGS": Feature((6, 18)),
+    "GUEST_MEMFD_FLAG_MMAP": Feature((6, 18)),
+    "GUEST_MEMFD_FLAG_INIT_SHARED": Feature((6, 18)),
 }
+FEATURE_SINCE: dict[str, Version] = {name: f.since for name, f in FEATURES.items()}
+
+
+@dataclass(frozen=True)
+class EmulatorProblem:
+    """A known problem of the emulator the test kernels may run under (QEMU TCG), not of KVM: a
+    test whose failure shows exactly its symptom marks it an expected failure under emulation only;
+    on real hardware and with KVM acceleration the same symptom fails."""
+    name: str
+    what: str
+
+    def applies(self) -> bool:
+        return under_emulation()
+
+    def reason(self) -> str:
+        return f"known emulator problem: {self.what}"
+
+
+EMULATOR_PROBLEMS: dict[str, EmulatorProblem] = {p.name: p for p in (
+    EmulatorProblem(
+        "tcg_smp_reset_triple_fault",
+        "under QEMU TCG with one host thread per emulated CPU (MTTCG, QEMU 7.2), two vCPUs converting "
+        "memory at once ended in a triple fault whose registers are already the reset state in 8 of 120 "
+        "runs (6.12 and 7.3 alike), against 0 of 60 with TCG on one thread and 0 of 60 on one CPU; the "
+        "test kernels run TCG on one thread (kvmffi.testkernel.qemu.TCG)"),
+)}
+
+
+def emulator_problem(name: str) -> EmulatorProblem:
+    try:
+        return EMULATOR_PROBLEMS[name]
+    except KeyError:
+        raise KeyError(f"no emulator problem {name!r} in kvmffi.kernels.EMULATOR_PROBLEMS") from None
 
 
 def predates(feature: str, k: Kernel | None = None) -> bool:
@@ -233,14 +310,7 @@ def predates(feature: str, k: Kernel | None = None) -> bool:
 def under_emulation() -> bool:
     """Is this machine a QEMU TCG guest (the test kernels on a host without nested virtualization)?
     Its CPU names itself so in /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return "QEMU TCG CPU" in line
-    except OSError:
-        pass
-    return False
+    return "QEMU TCG CPU" in cpu_info().get("model name", "")
 
 
 def _param(path: str) -> bool | None:

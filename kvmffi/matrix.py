@@ -128,12 +128,11 @@ def shard(configs: list[Config], spec: str | None) -> list[Config]:
 def _fit_to_host(c: Config) -> Config:
     """This host runs the private tier only if it has a VM type with private memory."""
     from .caps import snapshot
-    h = snapshot()
-    if "private" not in c.tiers or any(v.private for v in h.per_vm_type if v.creatable):
+    blocker = snapshot().private_tier_blocker()
+    if "private" not in c.tiers or not blocker:
         return c
     return replace(c, tiers=tuple(x for x in c.tiers if x != "private"),
-                   note=f"private tier not run here: no VM type with private memory on this host (KVM_CAP_VM_TYPES "
-                        f"{h.vm_types_mask:#x}); it runs in the test kernels")
+                   note=f"private tier not run here: {blocker}; it runs in the test kernels")
 
 
 def with_tiers(configs: list[Config], tiers: list[str]) -> list[Config]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from .exits import HypercallExit
 from .system import Kvm
-from .uapi import Cap, HypercallNr, MemoryAttribute, VmType
+from .uapi import Cap, HypercallNr, VmType
 
 _cache: dict[str, Any] = {}
 
@@ -66,27 +66,11 @@ def hypercall_exits_delivered(kvm: Kvm, timeout: float = 1.0) -> bool | None:
 
 
 def run_probes(kvm: Kvm) -> dict[str, Any]:
-    import shutil
-
-    from .testkernel.qemu import host_has_nested_virt
+    from .kernels import nested_virtualization
     out: dict[str, Any] = {}
     out["nested_virtualization"] = ("yes (vmx/svm in /proc/cpuinfo): the test kernel can run with -accel kvm"
-                                    if host_has_nested_virt() else
+                                    if nested_virtualization() else
                                     "no (no vmx/svm in /proc/cpuinfo): the test kernel runs under QEMU TCG")
-    attrs = kvm.check_extension(Cap.MEMORY_ATTRIBUTES)
-    private = bool(attrs & MemoryAttribute.PRIVATE)
-    out["private_memory"] = ("yes (KVM_CAP_MEMORY_ATTRIBUTES has PRIVATE)" if private else
-                             f"no (KVM_CAP_MEMORY_ATTRIBUTES={attrs:#x})")
-    gmem = kvm.check_extension(Cap.GUEST_MEMFD)
-    out["tier: unit"] = "runs anywhere"
-    out["tier: host (kvmffi run host)"] = "runs here" if gmem else "cannot run: KVM_CAP_GUEST_MEMFD is 0 (Linux >= 6.8)"
-    if private:
-        out["tier: private (kvmffi run private)"] = "runs here"
-    elif shutil.which("qemu-system-x86_64"):
-        out["tier: private (kvmffi run private)"] = "runs in the test kernel under QEMU (`kvmffi run private`)"
-    else:
-        out["tier: private (kvmffi run private)"] = ("cannot run: no private memory here and no qemu-system-x86_64 "
-                                                "(apt-get install qemu-system-x86)")
     try:
         h = hypercall_exits_delivered(kvm)
         out["hypercall_exits_delivered"] = {None: "cannot ask (no KVM_CAP_EXIT_HYPERCALL)",

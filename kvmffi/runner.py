@@ -242,25 +242,22 @@ def plan_tiers(selection: list[str], spec: BootSpec = HOST_SPEC, *, tree: str | 
     h = snapshot()
     tiers: list[Tier] = []
     notes = []
-    if h.kvm_accessible and h.system.get("GUEST_MEMFD", 0) > 0:
-        tiers.append(Tier("host tier", ["host"], spec))
+    if blocker := h.host_tier_blocker():
+        notes.append(f"host tier not run: {blocker}")
     else:
-        notes.append("host tier not run: " + (f"{h.kvm_path} not usable: {h.error}" if not h.kvm_accessible
-                                                else "KVM_CAP_GUEST_MEMFD is 0 on this kernel (needs Linux >= 6.8)"))
-    if any(v.private for v in h.per_vm_type):
+        tiers.append(Tier("host tier", ["host"], spec))
+    if not (blocker := h.private_tier_blocker()):
         tiers.append(Tier("private tier", ["private"], spec))
     else:
         import shutil
         if shutil.which("qemu-system-x86_64"):
             try:
                 tiers.append(Tier("private tier", ["private"], spec.with_kernel(DEFAULT_VERSION).resolved(quiet)))
-                notes.append("private tier runs in the test kernel: this host has no VM type with private memory "
-                             f"(KVM_CAP_VM_TYPES={h.vm_types_mask:#x}, KVM_CAP_MEMORY_ATTRIBUTES="
-                             f"{h.system.get('MEMORY_ATTRIBUTES', 0):#x})")
+                notes.append(f"private tier runs in the test kernel: {blocker}")
             except Exception as e:
                 notes.append(f"private tier not run: the test kernel could not be built: {e}")
         else:
-            notes.append("private tier not run: no private memory on this host and no qemu-system-x86_64 "
+            notes.append(f"private tier not run: {blocker}, and no qemu-system-x86_64 "
                          "(apt-get install qemu-system-x86) to boot the test kernel")
     return tiers, notes
 

@@ -48,22 +48,11 @@ class BootResult:
     release: str = ""          # the booted kernel's release (uname -r), as it reported it
 
 
-def host_has_nested_virt() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = line.split()
-                    return "vmx" in flags or "svm" in flags
-    except OSError:
-        pass
-    return False
-
-
 # QEMU's TCG emulates the test kernel's CPUs on one host thread, not one thread each (MTTCG): with
 # one thread per CPU, two vCPUs of a nested guest converting memory at once ended in a triple fault
 # (or a hang) in 8 of 120 runs of the two-vCPU conversion scenario (QEMU 7.2, 6.12 and 7.3 alike),
-# in 0 of 60 with one thread and 0 of 60 with one CPU. `--accel tcg,thread=multi` asks for MTTCG.
+# in 0 of 60 with one thread and 0 of 60 with one CPU (kvmffi.kernels.EMULATOR_PROBLEMS).
+# `--accel tcg,thread=multi` asks for MTTCG.
 TCG = "tcg,thread=single"
 
 
@@ -71,7 +60,8 @@ def choose_accel(accel: str = "auto") -> str:
     """QEMU's -accel: ``auto`` is KVM where the host can nest, else TCG on one thread; ``tcg`` is
     that TCG; anything else (kvm, tcg,thread=multi) as given."""
     if accel == "auto":
-        accel = "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) and host_has_nested_virt() else "tcg"
+        from ..kernels import nested_virtualization
+        accel = "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) and nested_virtualization() else "tcg"
     return TCG if accel == "tcg" else accel
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from kvmffi import HypercallNr, Kvm
-from kvmffi.kernels import under_emulation
+from kvmffi.kernels import emulator_problem
 from kvmffi.testvm import GuestTripleFault
 
 from .conversions import PER_VCPU, run_conversions
@@ -32,20 +32,18 @@ def test_conversions(kvm: Kvm, vm_type, via: str, fallocate: bool) -> None:
 def test_conversions_vcpus_and_memslots(kvm: Kvm, vm_type, nr_vcpus: int, nr_memslots: int) -> None:
     """Several vCPUs convert their own chunks at once; several memslots over one guest_memfd.
 
-    Under QEMU TCG with one host thread per emulated CPU (MTTCG; QEMU 7.2), 8 of 120 runs of this
-    scenario with two vCPUs ended in a triple fault whose registers are already the reset state
-    (6.12 and 7.3 alike), against 0 of 60 with TCG on one thread and 0 of 60 on one CPU: the
-    emulation, not KVM. The test kernels therefore run TCG on one thread (kvmffi.testkernel.qemu.TCG);
-    should that symptom still show under emulation it is an expected failure with the whole report.
-    Anything else fails, and on real hardware or with KVM acceleration everything does.
+    A triple fault with the reset state, two vCPUs, under QEMU TCG is the emulator's known problem
+    (kvmffi.kernels.EMULATOR_PROBLEMS tcg_smp_reset_triple_fault): an expected failure with the
+    whole report there. Anything else fails, and on real hardware or with KVM acceleration
+    everything does.
     """
     try:
         conv = run_conversions(kvm, vm_type, use_hypercall=True, fallocate=True, nr_vcpus=nr_vcpus,
                                nr_memslots=nr_memslots)
     except GuestTripleFault as e:
-        if nr_vcpus > 1 and e.reset_state and under_emulation():
-            pytest.xfail(f"triple fault with the reset state under QEMU TCG (seen with multi-threaded TCG, "
-                         f"an emulation problem): {e}")
+        problem = emulator_problem("tcg_smp_reset_triple_fault")
+        if nr_vcpus > 1 and e.reset_state and problem.applies():
+            pytest.xfail(f"{problem.reason()}: {e}")
         raise
     assert conv.ranges_done == {i: list(range(N_RANGES)) for i in range(nr_vcpus)}
     assert PER_VCPU * nr_vcpus % nr_memslots == 0
