@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 
 def _fmt(v: Any) -> str:
@@ -48,6 +48,16 @@ class KvmError(OSError):
 
 class VmDeadError(KvmError):
     """KVM killed the VM (EIO, and the VM no longer answers)."""
+
+
+class ErrorFactory(Protocol):
+    """Makes the exception for a failed call: ``(ioctl, errno, args, hint)`` to a KvmError.
+
+    ``KvmError`` itself is one. A Vm hands its own to the vCPUs it creates, so that an EIO from a
+    VM that KVM killed becomes a :class:`VmDeadError` without the vCPU asking its Vm anything.
+    """
+
+    def __call__(self, ioctl: str, err: int, args: dict[str, Any], hint: str = "", /) -> KvmError: ...
 
 
 class HostMemoryFault(OSError):
