@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from .. import caps as _caps
+from ..requirements import Knobs
 
 if TYPE_CHECKING:
     from .log_gate import LogGate
@@ -26,6 +27,7 @@ class SessionState:
     kvm_path: str = "/dev/kvm"
     gate_mode: str = "auto"
     forced: bool = False
+    knobs: Knobs | str = field(default_factory=Knobs)   # str: why the environment's value is bad
     active: bool = False
     caps: _caps.HostCaps | None = None
     log_gate: LogGate | None = None

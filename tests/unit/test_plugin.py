@@ -125,3 +125,75 @@ def test_a_kvmffi_fixture_or_the_option_switch_the_session_on(pytester: pytest.P
     r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_kvm.py")
     r.assert_outcomes(passed=1)
     r.stdout.fnmatch_lines(["kvmffi: kernel *", "kvmffi leak check: *0 KVM fds and 0 threads leaked"])
+
+
+KNOBS_SAMPLE = """
+from kvmffi.requirements import knobs
+
+def test_knobs():
+    print("fuzz_examples =", knobs().fuzz_examples)
+"""
+
+
+@pytest.mark.parametrize(("option", "ini", "env", "expected"), [
+    (None, None, None, 25),
+    (None, None, "7", 7),
+    (None, "5", "7", 5),
+    ("3", "5", "7", 3),
+])
+def test_a_knob_comes_from_the_option_then_the_ini_key_then_the_environment(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+        option: str | None, ini: str | None, env: str | None, expected: int) -> None:
+    pytester.makepyfile(test_knobs=KNOBS_SAMPLE)
+    monkeypatch.delenv("KVMFFI_FUZZ_EXAMPLES", raising=False)
+    if env is not None:
+        monkeypatch.setenv("KVMFFI_FUZZ_EXAMPLES", env)
+    if ini is not None:
+        pytester.makeini(f"[pytest]\nkvm_fuzz_examples = {ini}\n")
+    args = ["-p", "no:cacheprovider", "-s"] + (["--kvm-fuzz-examples", option] if option is not None else [])
+    r = pytester.runpytest_subprocess(*args)
+    r.assert_outcomes(passed=1)
+    r.stdout.fnmatch_lines([f"*fuzz_examples = {expected}*"])
+
+
+@pytest.mark.parametrize(("where", "value", "message"), [
+    ("option", "abc", "ERROR: --kvm-fuzz-examples: 'abc' is not a whole number, 1 or more"),
+    ("option", "0", "ERROR: --kvm-fuzz-examples: '0' is not a whole number, 1 or more"),
+    ("ini", "many", "ERROR: ini kvm_fuzz_examples: 'many' is not a whole number, 1 or more"),
+])
+def test_a_bad_knob_is_a_usage_error_naming_where_it_came_from(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, where: str, value: str, message: str) -> None:
+    pytester.makepyfile(test_knobs=KNOBS_SAMPLE)
+    monkeypatch.delenv("KVMFFI_FUZZ_EXAMPLES", raising=False)
+    args = ["-p", "no:cacheprovider"]
+    if where == "option":
+        args += ["--kvm-fuzz-examples", value]
+    else:
+        pytester.makeini(f"[pytest]\nkvm_fuzz_examples = {value}\n")
+    r = pytester.runpytest_subprocess(*args)
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines([message])
+
+
+def test_a_bad_knob_in_the_environment_fails_only_the_tests_that_read_it(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plugin loads in every session of the environment: a bad KVMFFI_* value must not stop a
+    session that never reads it."""
+    pytester.makepyfile(test_knobs=KNOBS_SAMPLE, test_other="def test_other():\n    assert True\n")
+    monkeypatch.setenv("KVMFFI_FUZZ_EXAMPLES", "-1")
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    r.assert_outcomes(passed=1, failed=1)
+    r.stdout.fnmatch_lines(["*ValueError: KVMFFI_FUZZ_EXAMPLES: '-1' is not a whole number, 1 or more*"])
+
+
+def test_knobs_outside_pytest_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvmffi import requirements
+    for name in ("SOAK", "SOAK_SEED", "FUZZ_EXAMPLES", "FUZZ_SEED", "DESTRUCTIVE"):
+        monkeypatch.delenv(f"KVMFFI_{name}", raising=False)
+    assert requirements.env_knobs() == requirements.Knobs()
+    monkeypatch.setenv("KVMFFI_SOAK", "2.5")
+    monkeypatch.setenv("KVMFFI_DESTRUCTIVE", "yes")
+    assert requirements.env_knobs() == requirements.Knobs(soak=2.5, destructive=True)
+    monkeypatch.setenv("KVMFFI_SOAK", "-1")
+    with pytest.raises(ValueError, match="KVMFFI_SOAK: '-1' is not a number of seconds"):
+        requirements.env_knobs()

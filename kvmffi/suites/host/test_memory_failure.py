@@ -4,7 +4,8 @@ Documentation/virt/kvm/api.rst: a guest access to a poisoned guest_memfd page is
 KVM_EXIT_MEMORY_FAULT with KVM_RUN failing with EHWPOISON. No selftest covers it. Each scenario
 runs in its own process (memory_failure_scenario.py): KVM answers a poisoned page of ordinary
 memory with SIGBUS to the VMM, and a poisoned page is lost to the machine until reboot, so these
-run in the kvmffi test kernels (or where KVMFFI_DESTRUCTIVE=1 says this machine may lose pages).
+run in the kvmffi test kernels (or where --kvm-destructive or KVMFFI_DESTRUCTIVE=1 says this machine
+may lose pages).
 """
 
 import errno
@@ -19,6 +20,7 @@ import pytest
 
 from kvmffi import GuestMemfdFlag, Kvm
 from kvmffi.hints import require_gmem_flags
+from kvmffi.requirements import knobs
 from kvmffi.vcpu import EHWPOISON
 
 SCENARIO = Path(__file__).with_name("memory_failure_scenario.py")
@@ -26,9 +28,9 @@ PAGE = 4096
 
 
 def need_poisoning() -> None:
-    if not (os.environ.get("KVMFFI_IN_TEST_KERNEL") or os.environ.get("KVMFFI_DESTRUCTIVE")):
+    if not (os.environ.get("KVMFFI_IN_TEST_KERNEL") or knobs().destructive):
         pytest.skip("poisons pages of this machine's memory for good: runs in a kvmffi test kernel "
-                    "(`kvmffi run --kernel 7.3`), or here with KVMFFI_DESTRUCTIVE=1")
+                    "(`kvmffi run --kernel 7.3`), or here with --kvm-destructive (KVMFFI_DESTRUCTIVE=1)")
     with open("/proc/meminfo") as f:
         if "HardwareCorrupted:" not in f.read():
             pytest.skip("this kernel has no CONFIG_MEMORY_FAILURE (the kvmffi test kernels have it)")

@@ -2,7 +2,6 @@
 punching and moving memory at once, until the time is up (`kvmffi run --soak SECONDS`). Bounded in
 time, it stops by itself; the kernel-log gate fails it at the first splat."""
 
-import os
 import random
 import threading
 import time
@@ -10,6 +9,7 @@ import time
 import pytest
 
 from kvmffi import Cap, Kvm, VmType
+from kvmffi.requirements import knobs
 from kvmffi.testvm import TEST_GPA, TestVm
 
 from .conversions import PER_VCPU, run_conversions
@@ -19,10 +19,10 @@ pytestmark = pytest.mark.private
 
 
 def soak_seconds() -> float:
-    v = os.environ.get("KVMFFI_SOAK", "")
-    if not v:
-        pytest.skip("a soak runs when asked for: `kvmffi run --soak SECONDS [--kernel K]`")
-    return float(v)
+    seconds = knobs().soak
+    if not seconds:
+        pytest.skip("a soak runs when asked for: `kvmffi run --soak SECONDS [--kernel K]`, or pytest --kvm-soak SECONDS")
+    return seconds
 
 
 def churn_once(kvm: Kvm, vm_type: VmType) -> None:
@@ -63,7 +63,7 @@ def churn_once(kvm: Kvm, vm_type: VmType) -> None:
 
 def test_soak(kvm: Kvm, vm_type) -> None:
     seconds = soak_seconds()
-    rng = random.Random(int(os.environ.get("KVMFFI_SOAK_SEED", "0")) or None)
+    rng = random.Random(knobs().soak_seed or None)
     deadline = time.monotonic() + seconds
     rounds = 0
     while time.monotonic() < deadline:
