@@ -12,7 +12,8 @@ from .memory import HostMemory
 from .system import Kvm
 from .uapi import (PAGE_SIZE, Cap, ExitReason, GuestMemfdFlag, HypercallNr, IoDirection, MapGpaAttr, MemoryAttribute,
                    MemoryFaultFlag, MemslotFlag, VmType)
-from .vcpu import DTable, Regs, Segment, Sregs, Vcpu
+from .regs import DTable, Regs, Segment, Sregs
+from .vcpu import Vcpu
 from .vm import Memslot, Vm
 
 __version__ = "0.1.0"

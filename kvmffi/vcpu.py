@@ -6,8 +6,6 @@ import errno as _errno
 import mmap
 import struct
 import threading
-from dataclasses import dataclass, fields
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from . import _ffi, _ioctls, _run, _structs
@@ -15,108 +13,14 @@ from ._fd import FdOwner
 from .errors import ErrorFactory, KvmError
 from .exits import (Exit, FailEntryExit, HltExit, HypercallExit, InternalErrorExit, IntrExit, IoExit, MemoryFaultExit,
                     MmioExit, OtherExit, ShutdownExit, SystemEventExit)
+from .regs import (REG_NAMES, DTable, Regs, Segment, Sregs, cr_values, regs_values, segment_values,
+                   segments)
 from .uapi import ExitReason, IoDirection, MemoryFaultFlag
 
 EHWPOISON = 133  # not in Python's errno module
 
 if TYPE_CHECKING:
     from .vm import Vm
-
-
-@dataclass(slots=True)
-class Regs:
-    """General-purpose registers (struct kvm_regs)."""
-
-    rax: int = 0
-    rbx: int = 0
-    rcx: int = 0
-    rdx: int = 0
-    rsi: int = 0
-    rdi: int = 0
-    rsp: int = 0
-    rbp: int = 0
-    r8: int = 0
-    r9: int = 0
-    r10: int = 0
-    r11: int = 0
-    r12: int = 0
-    r13: int = 0
-    r14: int = 0
-    r15: int = 0
-    rip: int = 0
-    rflags: int = 0
-
-    def __str__(self) -> str:
-        return " ".join(f"{f.name}={getattr(self, f.name):#x}" for f in fields(self))
-
-
-_REG_NAMES = tuple(f.name for f in fields(Regs))
-_regs_values = attrgetter(*_REG_NAMES)
-
-
-@dataclass(slots=True)
-class Segment:
-    """struct kvm_segment."""
-
-    base: int = 0
-    limit: int = 0
-    selector: int = 0
-    type: int = 0
-    present: int = 0
-    dpl: int = 0
-    db: int = 0
-    s: int = 0
-    l: int = 0  # noqa: E741 (the kernel's name)
-    g: int = 0
-    avl: int = 0
-    unusable: int = 0
-
-
-_SEG_FIELDS = tuple(f.name for f in fields(Segment))
-_segment_values = attrgetter(*_SEG_FIELDS)
-
-
-@dataclass(slots=True)
-class DTable:
-    """struct kvm_dtable (GDTR / IDTR)."""
-
-    base: int = 0
-    limit: int = 0
-
-
-_SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")
-_CRS = ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base")
-_segments = attrgetter(*_SEGMENTS)
-_cr_values = attrgetter(*_CRS)
-
-
-@dataclass(slots=True)
-class Sregs:
-    """Special registers (struct kvm_sregs)."""
-
-    cs: Segment
-    ds: Segment
-    es: Segment
-    fs: Segment
-    gs: Segment
-    ss: Segment
-    tr: Segment
-    ldt: Segment
-    gdt: DTable
-    idt: DTable
-    cr0: int = 0
-    cr2: int = 0
-    cr3: int = 0
-    cr4: int = 0
-    cr8: int = 0
-    efer: int = 0
-    apic_base: int = 0
-    interrupt_bitmap: tuple[int, int, int, int] = (0, 0, 0, 0)
-
-    def __str__(self) -> str:
-        return (f"cr0={self.cr0:#x} cr2={self.cr2:#x} cr3={self.cr3:#x} cr4={self.cr4:#x} efer={self.efer:#x} "
-                f"cs={self.cs.selector:#x}(l={self.cs.l}) gdt={self.gdt.base:#x}/{self.gdt.limit:#x} "
-                f"idt={self.idt.base:#x}/{self.idt.limit:#x}")
 
 
 class Vcpu(FdOwner):
@@ -268,7 +172,7 @@ class Vcpu(FdOwner):
                 return self._unpack_reg(self._run_mm, _run.SYNC_REG_OFFSETS[name])[0]  # type: ignore[no-any-return]
             return self._read_reg(name)  # type: ignore[no-any-return]
         except KeyError:
-            raise TypeError(f"no register {name!r}; kvm_regs has {', '.join(_REG_NAMES)}") from None
+            raise TypeError(f"no register {name!r}; kvm_regs has {', '.join(REG_NAMES)}") from None
         except OSError as e:
             raise self._error("KVM_GET_REGS", e.errno or 0, {"vcpu": self.id}) from None
 
@@ -282,11 +186,11 @@ class Vcpu(FdOwner):
         if regs is None:
             regs = self.get_regs()
         for k, v in changes.items():
-            if k not in _REG_NAMES:
-                raise TypeError(f"no register {k!r}; kvm_regs has {', '.join(_REG_NAMES)}")
+            if k not in REG_NAMES:
+                raise TypeError(f"no register {k!r}; kvm_regs has {', '.join(REG_NAMES)}")
             setattr(regs, k, v)
         self._regs_fresh = False
-        err = _structs.set_regs(self.fileno(), _regs_values(regs))
+        err = _structs.set_regs(self.fileno(), regs_values(regs))
         if err:
             raise self._error("KVM_SET_REGS", err, {"vcpu": self.id})
 
@@ -316,10 +220,10 @@ class Vcpu(FdOwner):
                 raise TypeError(f"no special register {k!r}")
             setattr(sregs, k, v)
         flat: list[int] = []
-        for seg in _segments(sregs):
-            flat += _segment_values(seg)
+        for seg in segments(sregs):
+            flat += segment_values(seg)
         flat += (sregs.gdt.base, sregs.gdt.limit, sregs.idt.base, sregs.idt.limit)
-        flat += _cr_values(sregs)
+        flat += cr_values(sregs)
         flat += sregs.interrupt_bitmap
         err = _structs.set_sregs(self.fileno(), tuple(flat))
         if err:

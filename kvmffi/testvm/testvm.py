@@ -27,7 +27,8 @@ from ..hints import require_gmem_flags
 from ..memory import HostMemory, RawMapping
 from ..system import Kvm
 from ..uapi import GuestMemfdFlag, MemslotFlag, VmType
-from ..vcpu import Regs, Sregs, Vcpu
+from ..regs import Regs, Sregs
+from ..vcpu import Vcpu
 from ..vm import Vm
 from .backing import Backing
 from .errors import Stopped
