@@ -14,6 +14,7 @@ its module name.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import re
@@ -144,10 +145,10 @@ BEHAVIOURS: dict[str, Behaviour] = {b.name: b for b in (
     Behaviour(
         "gmem_range_already_bound",
         "binding a guest_memfd range that another memslot already binds (disjoint GPAs)",
-        (Answer(22, until=(6, 19), kernels="6.8-6.18 (measured: 6.12, 6.18)"),
-         Answer(17, since=(7, 2), kernels="7.2 and later (7.2 source; measured: 7.3)"),
-         Answer(22, since=(6, 19), until=(7, 2), kernels="6.19-7.1 (not measured)"),
-         Answer(17, since=(6, 19), until=(7, 2), kernels="6.19-7.1 (not measured)")),
+        (Answer(errno.EINVAL, until=(6, 19), kernels="6.8-6.18 (measured: 6.12, 6.18)"),
+         Answer(errno.EEXIST, since=(7, 2), kernels="7.2 and later (7.2 source; measured: 7.3)"),
+         Answer(errno.EINVAL, since=(6, 19), until=(7, 2), kernels="6.19-7.1 (not measured)"),
+         Answer(errno.EEXIST, since=(6, 19), until=(7, 2), kernels="6.19-7.1 (not measured)")),
         "kvm_gmem_bind() returned EINVAL for every refusal; later kernels say EEXIST for an overlap"),
     Behaviour(
         "gmem_fstatfs_magic",
@@ -159,23 +160,23 @@ BEHAVIOURS: dict[str, Behaviour] = {b.name: b for b in (
     Behaviour(
         "gmem_madv_collapse",
         "MADV_COLLAPSE on a guest_memfd mapping",
-        (Answer(22, until=NEWEST_KNOWN_NEXT, kernels="6.18-7.3: guest_memfd has no huge folios (measured: 6.18, 7.3)"),
+        (Answer(errno.EINVAL, until=NEWEST_KNOWN_NEXT, kernels="6.18-7.3: guest_memfd has no huge folios (measured: 6.18, 7.3)"),
          Answer(0, since=NEWEST_KNOWN_NEXT, kernels="newer kernels with guest_memfd huge pages"),
-         Answer(22, since=NEWEST_KNOWN_NEXT, kernels="newer kernels without them")),
+         Answer(errno.EINVAL, since=NEWEST_KNOWN_NEXT, kernels="newer kernels without them")),
         "mm/khugepaged.c collapses only anonymous and shmem/file THP-capable mappings"),
     Behaviour(
         "memslot_flag_bits_3_31",
         "KVM_SET_USER_MEMORY_REGION(2) with a flag bit from 3 to 31",
-        (Answer(22, until=NEWEST_KNOWN_NEXT, kernels="every kernel through 7.3, which define bits 0-2 only"),
+        (Answer(errno.EINVAL, until=NEWEST_KNOWN_NEXT, kernels="every kernel through 7.3, which define bits 0-2 only"),
          Answer(0, since=NEWEST_KNOWN_NEXT, kernels="kernels newer than 7.3 may define new flags"),
-         Answer(22, since=NEWEST_KNOWN_NEXT, kernels="kernels newer than 7.3 (unknown bits)")),
+         Answer(errno.EINVAL, since=NEWEST_KNOWN_NEXT, kernels="kernels newer than 7.3 (unknown bits)")),
         "include/uapi/linux/kvm.h: KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEM_GUEST_MEMFD"),
     Behaviour(
         "gmem_reserved_nonzero",
         "KVM_CREATE_GUEST_MEMFD with a non-zero kvm_create_guest_memfd.reserved[] word",
         (Answer(0, until=NEWEST_KNOWN_NEXT, kernels="6.8-7.3 (not checked; measured: 6.12, 6.18, 7.3)"),
          Answer(0, since=NEWEST_KNOWN_NEXT, kernels="newer kernels, unchecked"),
-         Answer(22, since=NEWEST_KNOWN_NEXT, kernels="newer kernels that start checking it")),
+         Answer(errno.EINVAL, since=NEWEST_KNOWN_NEXT, kernels="newer kernels that start checking it")),
         "api.rst does not say the reserved words are checked"),
 )}
 

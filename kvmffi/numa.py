@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from . import _libc
 
 MPOL_DEFAULT = 0
@@ -24,3 +26,12 @@ def get_mempolicy_addr(addr: int) -> tuple[int, int]:
 def page_nodes(addr: int, npages: int) -> list[int]:
     """Which node each page is on (move_pages with nodes=NULL)."""
     return _libc.move_pages_query(addr, npages)
+
+
+def online_nodes() -> list[int]:
+    """The NUMA nodes this machine has (/sys/devices/system/node/nodeN); [0] without that directory."""
+    try:
+        names = os.listdir("/sys/devices/system/node")
+    except OSError:
+        return [0]
+    return sorted(int(n[4:]) for n in names if n.startswith("node") and n[4:].isdigit()) or [0]

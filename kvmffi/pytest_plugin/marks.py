@@ -1,6 +1,7 @@
 """What kvmffi's markers check before a test runs: ``kernel_bug`` (an expected failure on kernels
 that have the bug), ``private``, ``needs_gmem_flags`` and ``requires_cap`` (a skip, or in strict
-mode a failure, naming what is missing). ``requires_cap(..., vm=True)`` is asked on a VM of the
+mode a failure, naming what is missing), and ``numa(N)`` (a skip in every mode: the machine's
+topology, not the kernel, lacks the nodes). ``requires_cap(..., vm=True)`` is asked on a VM of the
 test's type, by an autouse fixture (kvmffi.pytest_plugin.fixtures) once ``vm_type`` is known.
 """
 
@@ -36,6 +37,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         elif not vc.private:
             skip_missing(missing_cap_reason(Cap.MEMORY_ATTRIBUTES, vc.memory_attributes, f"a {vc.vm_type} VM",
                                             "KVM_MEMORY_ATTRIBUTE_PRIVATE (0x8)"))
+    numa = item.get_closest_marker("numa")
+    if numa is not None:
+        from ..numa import online_nodes
+        want, have = int(numa.args[0]) if numa.args else 2, len(online_nodes())
+        if have < want:
+            pytest.skip(f"needs >= {want} NUMA nodes, this machine has {have} (a topology fact, not a kernel "
+                        f"capability: `kvmffi run --kernel 7.3 --numa {want}` boots a machine with them)")
     nf = item.get_closest_marker("needs_gmem_flags")
     if nf is not None:  # the marker skips by itself: asked on a VM of the test's type (KVM answers per VM)
         callspec = getattr(item, "callspec", None)

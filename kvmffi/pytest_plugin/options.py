@@ -21,7 +21,7 @@ MARKER_HELP = {
     "requires_cap": "requires_cap(cap, min=1, vm=False): skip unless KVM reports the capability (on /dev/kvm, "
                     "or with vm=True on a VM of the test's vm_type)",
     "vm_types": "vm_types(*types): restrict the vm_type parametrization",
-    "numa": "numa: needs two or more NUMA nodes",
+    "numa": "numa(n=2): needs n or more NUMA nodes; skips by itself otherwise (a topology fact, in strict mode too)",
     "kernel_splat": "kernel_splat(*kinds): the test expects kernel splats of these kinds (WARNING, BUG, KASAN, ...; "
                     "none given: any); the kernel-log gate lets them pass",
     "needs_gmem_flags": "needs_gmem_flags(flags): parametrize vm_type only over the types whose "

@@ -197,3 +197,21 @@ def test_knobs_outside_pytest_come_from_the_environment(monkeypatch: pytest.Monk
     monkeypatch.setenv("KVMFFI_SOAK", "-1")
     with pytest.raises(ValueError, match="KVMFFI_SOAK: '-1' is not a number of seconds"):
         requirements.env_knobs()
+
+
+def test_the_numa_marker_skips_by_itself(pytester: pytest.Pytester) -> None:
+    """``numa(n)`` needs no call in the test's body: too few nodes is a skip naming how many there are."""
+    pytester.makepyfile(test_numa="""
+import pytest
+
+@pytest.mark.numa(64)
+def test_needs_many_nodes():
+    raise AssertionError("ran without 64 NUMA nodes")
+
+@pytest.mark.numa(1)
+def test_one_node_is_enough():
+    pass
+""")
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kvmffi", "-rs")
+    r.assert_outcomes(passed=1, skipped=1)
+    r.stdout.fnmatch_lines(["*needs >= 64 NUMA nodes, this machine has * (a topology fact*"])
