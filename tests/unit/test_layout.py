@@ -187,3 +187,25 @@ def test_struct_layout_matches_declaration(struct: str) -> None:
     p = ffi.new(struct + " *")
     _set_leaves(p[0], t, list(values))
     assert layout.pack(*values) == bytes(ffi.buffer(p)), f"{struct}: struct.Struct and the declaration disagree"
+
+
+def test_every_ioctl_an_error_names_is_a_row_of_the_table() -> None:
+    """KvmError names its ioctl by a string at each call site: each such name must be a row of
+    kvmffi._ioctls, so a misspelt name cannot reach a user's report."""
+    import ast
+    from pathlib import Path
+
+    from kvmffi._ioctls import IOCTLS
+    root = Path(__file__).resolve().parents[2] / "kvmffi"
+    named = {}
+    for f in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if not (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)):
+                continue
+            fn = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            name = node.args[0].value
+            if fn in ("KvmError", "VmDeadError", "_error", "error") and isinstance(name, str) and name.startswith("KVM_"):
+                named[name] = f"{f.relative_to(root)}:{node.lineno}"
+    assert len(named) >= 15, named
+    unknown = {n: where for n, where in named.items() if n not in IOCTLS}
+    assert not unknown, f"ioctl names not in kvmffi._ioctls: {unknown}"
