@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 bash ci/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 start=$(date +%s)
-configs=${KVMFFI_CI_CONFIGS:-host,6.12,7.3-numa2,7.3-tdp-mmu-off}
+configs=${KVMFFI_CI_CONFIGS:-host,6.12,7.3-numa2,7.3-tdp-mmu-off,7.3-shadow-mmu}
 examples=${KVMFFI_FUZZ_EXAMPLES:-50}
 
 echo "== ruff and mypy (package, suites, tests, bench)"
