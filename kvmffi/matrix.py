@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from . import ktap
 from .ktap import KSFT_FAIL, KSFT_SKIP
 from .runner import TierResult, run_tier
-from .testkernel.spec import HOST, VERSION, BootSpec, SpecError
+from .testkernel.spec import BootSpec, SpecError, is_kernel
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def parse_config(text: str) -> Config:
             return c
     parts = text.split("+")
     kernel = parts[0]
-    if not (kernel == HOST or VERSION.fullmatch(kernel) or os.path.isfile(kernel)):
+    if not is_kernel(kernel):
         raise SpecError(f"configuration {text!r}: {kernel!r} is neither a known configuration ("
                         + ", ".join(c.name for c in DEFAULT_CONFIGS) + "), nor host, a version (7.3, 7.3-debug, "
                         "newest) or a bzImage path; build your own as KERNEL[+numaN][+cpusN][+PARAM=VALUE...]")

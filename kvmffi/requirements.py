@@ -90,6 +90,11 @@ _BOOLS = {"1": True, "y": True, "yes": True, "true": True, "on": True,
           "0": False, "n": False, "no": False, "false": False, "off": False}
 
 
+def parse_bool(text: str | None) -> bool | None:
+    """A yes/no setting's text (1/0, y/n, yes/no, true/false, on/off, any case); None if it is none."""
+    return _BOOLS.get((text or "").strip().lower())
+
+
 def _int(text: str, least: int | None = None) -> int | None:
     try:
         v = int(text)
@@ -112,7 +117,7 @@ KNOB_VALUES: dict[str, tuple[Callable[[str], Any], str]] = {
     "soak_seed": (_int, "an integer (0: a fresh seed)"),
     "fuzz_examples": (lambda t: _int(t, 1), "a whole number, 1 or more"),
     "fuzz_seed": (_int, "an integer"),
-    "destructive": (lambda t: _BOOLS.get(t.lower()), "a boolean (1/0, yes/no, true/false, on/off)"),
+    "destructive": (parse_bool, "a boolean (1/0, yes/no, true/false, on/off)"),
 }
 
 

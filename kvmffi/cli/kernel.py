@@ -73,7 +73,7 @@ def cmd_selftests(args: argparse.Namespace) -> int:
             tree = Path(args.tree).resolve()
             spec = spec if args.kernel else spec.with_kernel(str(build_kernel(tree, quiet=args.quiet)))
         else:
-            v = spec.version or machine_spec(args, args.version or "7.3").version
+            v = spec.version or spec.with_kernel(args.version or "7.3").version
             assert v is not None
             tree = kernel_source(v[0]).tree
         names = list(args.names) or list(GUEST_MEMFD_SELFTESTS)

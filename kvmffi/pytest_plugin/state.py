@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from .. import caps as _caps
+from .. import requirements
 from ..requirements import Knobs
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def current() -> SessionState:
 
 
 def truthy(v: str | None) -> bool:
-    return (v or "").strip().lower() in ("1", "y", "yes", "true", "on")
+    return requirements.parse_bool(v) is True
 
 
 def host_caps() -> _caps.HostCaps:

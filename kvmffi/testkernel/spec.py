@@ -24,6 +24,11 @@ VERSION = re.compile(r"(\d+\.\d+|newest)(-debug)?")
 DEFAULT_VERSION = SYSTEM_VERSION   # the kernel the private tier boots when this host has no private memory
 
 
+def is_kernel(text: str) -> bool:
+    """Whether ``text`` names a kernel a BootSpec takes: host, a version, or an existing file."""
+    return text == HOST or bool(VERSION.fullmatch(text)) or os.path.isfile(text)
+
+
 class SpecError(ValueError):
     """A machine option has a value it cannot take: the message names the option and what it accepts."""
 
@@ -39,7 +44,7 @@ class BootSpec:
     accel: str = "auto"       # QEMU -accel: auto (KVM if this host nests, else TCG), tcg, kvm, ...
 
     def __post_init__(self) -> None:
-        if not (self.kernel == HOST or VERSION.fullmatch(self.kernel) or os.path.isfile(self.kernel)):
+        if not is_kernel(self.kernel):
             raise SpecError(f"--kernel {self.kernel}: give host, a version (6.12, 7.3, newest; add -debug for KASAN and "
                             "lockdep) or the path of a bzImage")
         if self.cpus < 1:
@@ -102,14 +107,17 @@ class BootSpec:
     def describe(self) -> str:
         """The machine in a few words (the kernel aside): '2 NUMA nodes, kvm.tdp_mmu=0'."""
         parts = []
-        if self.cpus != 2:
+        if self.cpus != _DEFAULT.cpus:
             parts.append(f"{self.cpus} CPUs")
-        if self.memory != "2G":
+        if self.memory != _DEFAULT.memory:
             parts.append(f"memory {self.memory}")
         if self.numa > 1:
             parts.append(f"{self.numa} NUMA nodes")
         if self.kernel_args:
             parts.append(self.kernel_args)
-        if self.accel != "auto":
+        if self.accel != _DEFAULT.accel:
             parts.append(f"accel {self.accel}")
         return ", ".join(parts)
+
+
+_DEFAULT = BootSpec()
